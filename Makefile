@@ -1,0 +1,48 @@
+# The README's two commands: `make reproduce` and `make test`. Each sets everything up on a fresh machine.
+SHELL := /bin/bash
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+BIN   := $(VENV)/bin
+STAMP := $(VENV)/.ltpaper-installed
+FMNIST_DEB := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+PROFILE ?= cpu
+SEEDS   ?= 0
+TABLES  ?= fmnist_lt
+
+.PHONY: install data test test-fast reproduce bench sync-check clean-nbs lab
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip "setuptools>=77" wheel 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import torch, torchvision, nbdev, papermill, ltpaper" || { echo "make: the install into $(VENV) failed; see the pip output above" >&2; exit 1; }
+	@touch $(STAMP)
+
+# Fashion-MNIST, the embedded default for CPU runs: Debian's package when root on Debian, else torchvision's download.
+data: $(STAMP)
+	@if [ ! -f $(FMNIST_DEB) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null; }; fi
+	$(PY) -m ltpaper.cli fetch fmnist_lt
+
+# Notebooks and ltpaper/ must be in step: export + clean may not change a tracked file.
+sync-check: $(STAMP)
+	@bash tools/check_sync.sh $(BIN)
+
+test: $(STAMP) data
+	cd nbs && PATH=$(BIN):$$PATH $(BIN)/nbdev-test --n-workers 2 --timing
+	PATH=$(BIN):$$PATH $(PY) -m pytest -q tests
+	@bash tools/check_sync.sh $(BIN)
+
+reproduce: $(STAMP) data
+	PATH=$(BIN):$$PATH $(PY) -m ltpaper.cli reproduce $(TABLES) --profile $(PROFILE) --seeds $(SEEDS)
+
+bench: $(STAMP)
+	PATH=$(BIN):$$PATH $(PY) benchmarks/run_all.py
+
+clean-nbs: $(STAMP)
+	$(BIN)/nbdev-export && $(BIN)/nbdev-clean
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab --no-browser
