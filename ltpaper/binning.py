@@ -6,13 +6,13 @@
 __all__ = ['ESTIMATORS', 'gradient_norm', 'fine_cell', 'block_stats', 'density_weights', 'all_gather_cat', 'all_reduce_sum',
            'class_bincount', 'rank_within_class', 'WindowHistogram', 'BankHistogram', 'EMAHistogram']
 
-# %% ../nbs/01_binning.ipynb #de77913d
+# %% ../nbs/01_binning.ipynb #0f841da1
 import math
 import torch
 import torch.nn as nn
 import torch.distributed as dist
 
-# %% ../nbs/01_binning.ipynb #8b7e3b19
+# %% ../nbs/01_binning.ipynb #1339e9c0
 def gradient_norm(logits, target, mode='softmax'):
     "g = 1 - p_y (softmax) or 1 - sigmoid(z_y) (sigmoid); detached, in [0, 1)."
     with torch.no_grad():
@@ -27,44 +27,45 @@ def fine_cell(g, n_cells):
     "Index of the fine cell holding each g (cells of width 1/n_cells on [0, 1))."
     return (g * n_cells).long().clamp_(0, n_cells - 1)
 
-# %% ../nbs/01_binning.ipynb #a4ca127a
-def block_stats(rows, cell, bins, depth=0, tau=float('inf')):
+# %% ../nbs/01_binning.ipynb #878a6c0a
+def block_stats(rows, cell, bins, depth=0, tau=float('inf'), row_index=None):
     "Per sample: (mass of its final block, level of that block, total width Z of its category's non-empty blocks)."
-    B, n = rows.shape                                               # rows: (B, bins*2**depth) histogram row of each sample's class
-    tot = rows.sum(1)                                               # (B,)
+    # rows: (R, bins*2**depth) histograms; row_index (B,) picks each sample's row (default: row i for sample i)
+    R = rows.shape[0]
+    tot = rows.sum(1)                                               # (R,)
     masses = [rows]
-    for _ in range(depth): masses.append(masses[-1].view(B, -1, 2).sum(-1))
+    for _ in range(depth): masses.append(masses[-1].view(R, -1, 2).sum(-1))
     masses = masses[::-1]                                           # level 0 (base bins) .. depth (fine cells)
-    thr = (tau * tot)[:, None]                                      # (B, 1) a block is dense when its mass > tau * total
-    path = torch.stack([m.gather(1, (cell >> (depth - l))[:, None]).squeeze(1) for l, m in enumerate(masses)], 1)
-    level = (path > thr).long().cumprod(1).sum(1).clamp_(max=depth)  # first non-dense level on the path
+    thr = (tau * tot)[:, None]                                      # (R, 1) a block is dense when its mass > tau * total
+    # Z = width of the non-empty base bins, minus, for every dense block, the width of its empty children
+    Z = torch.count_nonzero(masses[0], 1).to(rows.dtype) / bins
+    for l in range(depth):                                          # a loop over levels, not over bins
+        dense = masses[l] > thr                                     # (R, n_l)
+        empty_children = (masses[l + 1].view(R, -1, 2) == 0) & dense[..., None]
+        Z -= torch.count_nonzero(empty_children.view(R, -1), 1).to(rows.dtype) * (2.0 ** -(l + 1) / bins)
+    ri = torch.arange(len(cell), device=cell.device) if row_index is None else row_index
+    path = torch.stack([m[ri, cell >> (depth - l)] for l, m in enumerate(masses)], 1)   # (B, depth+1)
+    level = (path > thr[ri]).long().cumprod(1).sum(1).clamp_(max=depth)  # first non-dense level on the path
     mass = path.gather(1, level[:, None]).squeeze(1)
-    Z = torch.zeros_like(tot)
-    parent_dense = None
-    for l, m in enumerate(masses):                                  # a loop over depth+1 levels, not over bins
-        dense = m > thr
-        final = (m > 0) & (~dense if l < depth else torch.ones_like(dense))
-        if parent_dense is not None: final &= parent_dense.repeat_interleave(2, 1)
-        Z += final.sum(1).to(Z.dtype) * (2.0 ** -l / bins)
-        parent_dense = dense
-    return mass, level, Z
+    return mass, level, Z[ri]
 
-def density_weights(rows, cell, bins, depth=0, tau=None, normalization='decoupled', widths=None):
+def density_weights(rows, cell, bins, depth=0, tau=None, normalization='decoupled', widths=None, row_index=None):
     "Intra-category weights w_i = 1/GD_{y_i}(g_i) (URA when depth=0, AURA otherwise); `widths` overrides base-bin widths."
     tau = float('inf') if depth == 0 else (1.0 / bins if tau is None else tau)
-    mass, level, Z = block_stats(rows, cell, bins, depth, tau)
+    ri = torch.arange(len(cell), device=cell.device) if row_index is None else row_index
+    mass, level, Z = block_stats(rows, cell, bins, depth, tau, ri)
     width = (2.0 ** -level.to(rows.dtype)) / bins
     if widths is not None:                                           # non-uniform base bins (depth 0 only)
         width = widths[cell]
-        Z = ((rows > 0).to(rows.dtype) * widths).sum(1)
+        Z = ((rows > 0).to(rows.dtype) * widths).sum(1)[ri]
     mass = mass.clamp(min=torch.finfo(rows.dtype).tiny)
-    if normalization == 'decoupled': return width * rows.sum(1) / (mass * Z)
+    if normalization == 'decoupled': return width * rows.sum(1)[ri] / (mass * Z)
     if normalization == 'raw':
         w = width / mass
         return w / w.mean()
     raise ValueError(f"unknown normalization {normalization!r}: use 'decoupled' or 'raw'")
 
-# %% ../nbs/01_binning.ipynb #966db4ba
+# %% ../nbs/01_binning.ipynb #86ae059b
 def _distributed():
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
@@ -101,7 +102,7 @@ def rank_within_class(target, k):
     rank[order] = torch.arange(len(target), device=target.device) - start[target[order]]
     return rank
 
-# %% ../nbs/01_binning.ipynb #e74e378b
+# %% ../nbs/01_binning.ipynb #5d7bf0e2
 class _SlotHistogram(nn.Module):
     "Histogram of the cells stored in slots; a slot write removes the old cell and adds the new one."
     def _write(self, target, cell, pos, keep):

@@ -1,0 +1,100 @@
+"""Forward+backward time and peak memory of every loss against F.cross_entropy, in the same process.
+
+    python benchmarks/loss_speed.py [--classes 10,100,1000,8142] [--batch 512] [--repeats 30] [--device cpu|cuda] [--out FILE]
+
+Prints one row per (C, loss): median ms, ratio to cross-entropy measured in the same process, and (CPU) the
+peak resident memory added by one forward+backward relative to cross-entropy's (Linux VmHWM, reset through
+/proc/self/clear_refs) or (CUDA) torch.cuda.max_memory_allocated. Targets (issue): ours (R+A+AU) <= 4x CE at
+C=1000 and <= 2x at C=8142 on CPU; peak memory of ours <= 1.5x CE at C=8142.
+"""
+import argparse, json, os, platform, socket, statistics, sys, time
+from pathlib import Path
+import torch
+import torch.nn.functional as F
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ltpaper.losses import build_loss, LOSSES
+
+def counts_for(C, n_max=1280, IF=100):
+    return [max(1, int(n_max * (1 / IF) ** (i / max(C - 1, 1)))) for i in range(C)]
+
+def _rss_kb(field):
+    for line in open('/proc/self/status'):
+        if line.startswith(field): return int(line.split()[1])
+    return 0
+
+def peak_cpu_kb(fn):
+    "Peak RSS added while fn runs (Linux); None where VmHWM cannot be reset."
+    try:
+        with open('/proc/self/clear_refs', 'w') as f: f.write('5')
+    except OSError: return None
+    base = _rss_kb('VmRSS'); fn(); return max(_rss_kb('VmHWM') - base, 0)
+
+def time_fn(fn, repeats, device):
+    for _ in range(3): fn()
+    ts = []
+    for _ in range(repeats):
+        if device == 'cuda': torch.cuda.synchronize()
+        t = time.perf_counter(); fn()
+        if device == 'cuda': torch.cuda.synchronize()
+        ts.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(ts)
+
+def bench(classes, batch, repeats, device, names):
+    rows = []
+    for C in classes:
+        g = torch.Generator().manual_seed(0)
+        counts = counts_for(C)
+        p = torch.tensor(counts, dtype=torch.float) / sum(counts)
+        logits = (torch.randn(batch, C, generator=g) * 2).to(device).requires_grad_()
+        target = torch.multinomial(p, batch, replacement=True, generator=g).to(device)
+        def ce():
+            logits.grad = None; F.cross_entropy(logits, target).backward()
+        base_ms = time_fn(ce, repeats, device)
+        base_mem = peak_cpu_kb(ce) if device == 'cpu' else None
+        rows.append(dict(C=C, loss='cross_entropy', ms=base_ms, ratio=1.0, peak_kb=base_mem, mem_ratio=1.0))
+        for name, hp in names:
+            loss = build_loss(name, counts, **hp).to(device)
+            def fb():
+                logits.grad = None; loss(logits, target).backward()
+            ms = time_fn(fb, repeats, device)
+            base_ms = time_fn(ce, repeats, device)            # re-measure the baseline next to each loss (noisy machines)
+            mem = peak_cpu_kb(fb) if device == 'cpu' else None
+            label = name + ('' if not hp else '(' + ','.join(f'{k}={v}' for k, v in hp.items()) + ')')
+            rows.append(dict(C=C, loss=label, ms=ms, ratio=ms / base_ms, peak_kb=mem,
+                             mem_ratio=(mem / base_mem) if (mem is not None and base_mem) else None))
+            print(f"C={C:5d} {label:40s} {ms:8.3f} ms  x{ms / base_ms:6.2f} CE" + (f"  peak +{mem/1024:.1f} MiB (x{rows[-1]['mem_ratio']:.2f} CE)" if mem is not None and base_mem else ''), flush=True)
+    return rows
+
+def _fmt(x): return "" if x is None else f"{x:.2f}"
+
+def to_markdown(rows, meta):
+    lines = [f"Loss forward+backward, B={meta['batch']}, device {meta['device']} ({meta['machine']}), median of {meta['repeats']}; ratio = time / F.cross_entropy in the same process.", '',
+             '| C | loss | ms | x CE | peak mem x CE |', '|---|---|---|---|---|']
+    for r in rows:
+        lines.append(f"| {r['C']} | {r['loss']} | {r['ms']:.3f} | {r['ratio']:.2f} | {_fmt(r['mem_ratio'])} |")
+    return '\n'.join(lines) + '\n'
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--classes', default='10,100,1000,8142')
+    ap.add_argument('--batch', type=int, default=512)
+    ap.add_argument('--repeats', type=int, default=30)
+    ap.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    ap.add_argument('--out', default=None, help='JSON output (default benchmarks/results/loss_speed_<machine>.json)')
+    ap.add_argument('--quick', action='store_true', help='C=10,1000 and 5 repeats (a syntax/smoke check)')
+    a = ap.parse_args(argv)
+    classes = [int(c) for c in a.classes.split(',')]
+    if a.quick: classes, a.repeats = [10, 1000], 5
+    names = [(n, {}) for n in LOSSES if n != 'ours'] + [('ours', {}), ('ours', dict(binning='ura')), ('ours', dict(use_intra=False))]
+    machine = os.environ.get('LTPAPER_MACHINE') or (torch.cuda.get_device_name() if a.device == 'cuda' else f'cpu{os.cpu_count()}-{platform.machine()}')
+    rows = bench(classes, a.batch, a.repeats, a.device, names)
+    meta = dict(batch=a.batch, repeats=a.repeats, device=a.device, machine=machine, torch=torch.__version__,
+                threads=torch.get_num_threads(), hostname=socket.gethostname(), date=time.strftime('%Y-%m-%d %H:%M'))
+    slug = machine.replace(' ', '_').replace('/', '_')
+    out = Path(a.out) if a.out else Path(__file__).parent / 'results' / f'loss_speed_{slug}.json'
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+    out.with_suffix('.md').write_text(to_markdown(rows, meta))
+    print(f'wrote {out} and {out.with_suffix(".md")}')
+
+if __name__ == '__main__': main()
