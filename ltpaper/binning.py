@@ -6,13 +6,13 @@
 __all__ = ['ESTIMATORS', 'gradient_norm', 'fine_cell', 'block_stats', 'density_weights', 'all_gather_cat', 'all_reduce_sum',
            'class_bincount', 'rank_within_class', 'WindowHistogram', 'BankHistogram', 'EMAHistogram']
 
-# %% ../nbs/01_binning.ipynb #0f841da1
+# %% ../nbs/01_binning.ipynb #12a1e8d7
 import math
 import torch
 import torch.nn as nn
 import torch.distributed as dist
 
-# %% ../nbs/01_binning.ipynb #1339e9c0
+# %% ../nbs/01_binning.ipynb #2c2ec33c
 def gradient_norm(logits, target, mode='softmax'):
     "g = 1 - p_y (softmax) or 1 - sigmoid(z_y) (sigmoid); detached, in [0, 1)."
     with torch.no_grad():
@@ -27,7 +27,7 @@ def fine_cell(g, n_cells):
     "Index of the fine cell holding each g (cells of width 1/n_cells on [0, 1))."
     return (g * n_cells).long().clamp_(0, n_cells - 1)
 
-# %% ../nbs/01_binning.ipynb #878a6c0a
+# %% ../nbs/01_binning.ipynb #f376ccb7
 def block_stats(rows, cell, bins, depth=0, tau=float('inf'), row_index=None):
     "Per sample: (mass of its final block, level of that block, total width Z of its category's non-empty blocks)."
     # rows: (R, bins*2**depth) histograms; row_index (B,) picks each sample's row (default: row i for sample i)
@@ -65,7 +65,7 @@ def density_weights(rows, cell, bins, depth=0, tau=None, normalization='decouple
         return w / w.mean()
     raise ValueError(f"unknown normalization {normalization!r}: use 'decoupled' or 'raw'")
 
-# %% ../nbs/01_binning.ipynb #86ae059b
+# %% ../nbs/01_binning.ipynb #85ba9611
 def _distributed():
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
@@ -102,7 +102,7 @@ def rank_within_class(target, k):
     rank[order] = torch.arange(len(target), device=target.device) - start[target[order]]
     return rank
 
-# %% ../nbs/01_binning.ipynb #5d7bf0e2
+# %% ../nbs/01_binning.ipynb #6f4af8be
 class _SlotHistogram(nn.Module):
     "Histogram of the cells stored in slots; a slot write removes the old cell and adds the new one."
     def _write(self, target, cell, pos, keep):

@@ -5,12 +5,12 @@
 # %% auto #0
 __all__ = ['PROFILES', 'Settings', 'find_settings_file', 'get_settings', 'resolve_device']
 
-# %% ../nbs/00a_settings.ipynb #f790aa70
+# %% ../nbs/00a_settings.ipynb #cbfc2522
 import configparser, os
 from dataclasses import dataclass
 from pathlib import Path
 
-# %% ../nbs/00a_settings.ipynb #61cb157d
+# %% ../nbs/00a_settings.ipynb #1b2daa18
 _DEFAULTS = dict(data_root='data', results_root='results', figures_root='figures', tables_root='tables',
                  configs_root='configs', default_profile='cpu', default_device='auto')
 PROFILES = ('smoke', 'cpu', 'paper')
