@@ -5,10 +5,10 @@
 # %% auto #0
 __all__ = ['COMMANDS', 'usage', 'main']
 
-# %% ../nbs/06_cli.ipynb #2cd6b909
+# %% ../nbs/06_cli.ipynb #357f5d30
 import importlib, sys
 
-# %% ../nbs/06_cli.ipynb #7a221e85
+# %% ../nbs/06_cli.ipynb #0d476226
 COMMANDS = {
     'train':     ('ltpaper.train', 'cli_train', 'train one configuration (TrainConfig fields as --flags)'),
     'reproduce': ('ltpaper.reproduce', 'cli_reproduce', 'run a paper table through papermill, render tables and figures'),
@@ -29,5 +29,5 @@ def main(argv=None) -> int:
     mod, fn, _ = COMMANDS[argv[0]]
     return getattr(importlib.import_module(mod), fn)(argv[1:]) or 0
 
-# %% ../nbs/06_cli.ipynb #bd4aae23
+# %% ../nbs/06_cli.ipynb #3578fe57
 if __name__ == '__main__': sys.exit(main())

@@ -5,9 +5,9 @@
 # %% auto #0
 __all__ = ['RUN_CONTROL_FIELDS', 'TrainConfig', 'config_hash', 'lr_at', 'limit_dataset', 'accuracy_record', 'evaluate',
            'rng_state', 'set_rng_state', 'atomic_write', 'save_checkpoint', 'load_checkpoint', 'NonFiniteLossError',
-           'train_one_epoch', 'train', 'train_parser', 'parse_train_args', 'cli_train']
+           'WeightMonitor', 'train_one_epoch', 'train', 'train_parser', 'parse_train_args', 'cli_train']
 
-# %% ../nbs/04_train.ipynb #e33d6c5e
+# %% ../nbs/04_train.ipynb #aabb3e62
 import argparse, bisect, copy, hashlib, json, math, os, platform, random, socket, subprocess, sys, time, typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
@@ -26,7 +26,7 @@ from .losses import LOSSES, build_loss
 from .models import MODELS, build_model
 from .settings import get_settings, resolve_device
 
-# %% ../nbs/04_train.ipynb #62249235
+# %% ../nbs/04_train.ipynb #d54f19df
 # fields that say where and how fast a run goes, not what it computes: left out of config_hash
 # (the same set as ltpaper.reproduce.HASH_EXCLUDE, so both sides hash a config alike)
 RUN_CONTROL_FIELDS = ('out_dir', 'data_root', 'device', 'resume', 'num_workers', 'threads', 'progress', 'keep_checkpoint')
@@ -148,14 +148,14 @@ def config_hash(config: TrainConfig|dict) -> str:
     d = {k: _canonical(v) for k, v in sorted(d.items()) if k not in RUN_CONTROL_FIELDS}
     return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(',', ':'), allow_nan=False).encode()).hexdigest()[:16]
 
-# %% ../nbs/04_train.ipynb #9e1639d0
+# %% ../nbs/04_train.ipynb #afb61de2
 def lr_at(epoch: int,  # 0-based epoch index
           config: TrainConfig) -> float:
     "Learning rate of an epoch: linear warm-up, then step decay at the milestones (LDAM-DRW `adjust_learning_rate`)."
     if epoch < config.warmup_epochs: return config.lr * (epoch + 1) / config.warmup_epochs
     return config.lr * ([1.0] + config.lr_decay)[bisect.bisect_right(config.milestones, epoch)]
 
-# %% ../nbs/04_train.ipynb #92a9b67f
+# %% ../nbs/04_train.ipynb #ab3fb8cb
 def limit_dataset(ds, n: int,          # at most about this many images (0: no limit)
                   balanced: bool):     # True: n // K per class; False: in proportion to the class counts
     "A copy of `ds` restricted to about `n` images, class by class (first images in dataset order)."
@@ -178,7 +178,7 @@ def limit_dataset(ds, n: int,          # at most about this many images (0: no l
     view.targets = t[idx] if torch.is_tensor(ds.targets) else type(ds.targets)(np.asarray(ds.targets)[idx.numpy()])
     return view
 
-# %% ../nbs/04_train.ipynb #90650b7c
+# %% ../nbs/04_train.ipynb #034c32d5
 def _pct(x) -> float|None:
     x = float(x)
     return None if math.isnan(x) else 100.0 * x
@@ -217,7 +217,7 @@ def evaluate(model: nn.Module, loader, targets: torch.Tensor, num_classes: int, 
     model.train(was_training)
     return accuracy_record(hit, targets, num_classes, groups)
 
-# %% ../nbs/04_train.ipynb #919aa3ef
+# %% ../nbs/04_train.ipynb #bf6a2be5
 def rng_state() -> dict:
     "The process's RNG states as tensors and plain values (loadable with weights_only=True)."
     kind, key, pos, has_gauss, cached = np.random.get_state()
@@ -253,7 +253,7 @@ def load_checkpoint(path: Path, map_location='cpu') -> dict:
     "Load a checkpoint written by `train` (weights_only: no code runs while loading)."
     return torch.load(path, map_location=map_location, weights_only=True)
 
-# %% ../nbs/04_train.ipynb #bdee77d1
+# %% ../nbs/04_train.ipynb #ffda37be
 class NonFiniteLossError(RuntimeError):
     "The training loss became NaN or infinite; the message names epoch and step, the last good checkpoint is kept."
 
@@ -287,14 +287,34 @@ def _git_info():
 
 def _now() -> str: return datetime.now(timezone.utc).isoformat(timespec='seconds')
 
-# %% ../nbs/04_train.ipynb #3bb141c5
+# %% ../nbs/04_train.ipynb #bc3a83f2
 _SYNC_EVERY_CUDA = 25  # steps between host checks of the loss on CUDA
+
+class WeightMonitor:
+    "Per-class statistics of a loss's per-sample weights (`loss.last_weights`) over one epoch, for the intra-balance study."
+    def __init__(self, num_classes: int, device):
+        z = lambda: torch.zeros(num_classes, dtype=torch.float64, device=device)
+        self.sum, self.max, self.n, self.ess, self.steps = z(), z(), z(), torch.zeros((), dtype=torch.float64, device=device), 0
+    def update(self, loss_fn, y):
+        w = getattr(loss_fn, 'last_weights', None)
+        if w is None: return
+        w = w.detach().double()
+        self.sum.index_add_(0, y, w); self.n.index_add_(0, y, torch.ones_like(w))
+        self.max.scatter_reduce_(0, y, w, 'amax')
+        self.ess += w.sum() ** 2 / (len(w) * (w * w).sum()).clamp(min=1e-300); self.steps += 1   # effective batch fraction
+    def summary(self) -> dict|None:
+        if not self.steps: return None
+        mean = torch.where(self.n > 0, self.sum / self.n.clamp(min=1), torch.full_like(self.sum, float('nan')))
+        r = lambda t: [None if not math.isfinite(v) else round(v, 5) for v in t.tolist()]
+        return dict(mean_per_class=r(mean), max_per_class=r(torch.where(self.n > 0, self.max, torch.full_like(self.max, float('nan')))),
+                    effective_batch_fraction=round(float(self.ess) / self.steps, 5))
 
 def train_one_epoch(step_model: nn.Module,  # what the forward runs through (maybe DDP-wrapped / compiled)
                     model: nn.Module,       # the plain model (its parameters are clipped)
                     loader, loss_fn: nn.Module, opt: torch.optim.Optimizer, config: TrainConfig,
                     sync_every: int = 1,    # steps between host checks of the loss (and progress updates)
-                    bar=None) -> tuple[float, int]:
+                    bar=None,
+                    monitor: WeightMonitor|None = None) -> tuple[float, int]:  # collects the loss's per-sample weights
     "One pass over `loader`: forward (autocast), loss(logits, y, index), backward, clip, SGD step. Returns (mean loss, images)."
     c = config
     device = next(model.parameters()).device
@@ -307,6 +327,7 @@ def train_one_epoch(step_model: nn.Module,  # what the forward runs through (may
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=c.amp):
             logits = step_model(x)
         loss = loss_fn(logits.float(), y, idx)
+        if monitor is not None: monitor.update(loss_fn, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if c.grad_clip > 0: torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
@@ -418,7 +439,8 @@ def _train(c: TrainConfig, device: torch.device, rank: int, world: int) -> dict:
         if set_progress is not None: set_progress(epoch / c.epochs)
         train_loader.set_epoch(epoch)
         bbar = tqdm(total=len(train_loader), desc=f'epoch {epoch + 1}', leave=False, dynamic_ncols=True, mininterval=1.0, disable=not tty)
-        try: train_loss, n_epoch = train_one_epoch(step_model, model, train_loader, loss_fn, opt, c, sync_every=sync_every, bar=bbar)
+        monitor = WeightMonitor(K, device) if hasattr(loss_fn, 'last_weights') else None
+        try: train_loss, n_epoch = train_one_epoch(step_model, model, train_loader, loss_fn, opt, c, sync_every=sync_every, bar=bbar, monitor=monitor)
         except NonFiniteLossError as e:
             raise NonFiniteLossError(f"non-finite training loss at epoch {epoch + 1}/{c.epochs}, {e} (lr {lr:g}); the last good checkpoint is "
                                      f"{ckpt_path if ckpt_path.exists() else 'none (first epoch)'}; lower the lr or check the loss parameters") from None
@@ -438,6 +460,7 @@ def _train(c: TrainConfig, device: torch.device, rank: int, world: int) -> dict:
                 if v['best_top1'] is None or vrec['top1'] > v['best_top1']: v['best_top1'], v['best_epoch'] = vrec['top1'], epoch + 1
         hist = dict(epoch=epoch + 1, train_loss=train_loss, lr=lr, top1=rec['top1'] if rec else None,
                     val_top1=vrec['top1'] if vrec else None, epoch_time_s=time.perf_counter() - t0)
+        if monitor is not None: hist['weights'] = monitor.summary()    # per-class mean/max of the intra-category weights
         st['history'].append(hist)
         st['epoch'] = epoch + 1
         st['wall_time_s'] += time.perf_counter() - t0 + t_setup; t_setup = 0.0   # this session's setup counts once
@@ -464,7 +487,7 @@ def _train(c: TrainConfig, device: torch.device, rank: int, world: int) -> dict:
         if not c.keep_checkpoint and ckpt_path.exists(): ckpt_path.unlink()
     return metrics
 
-# %% ../nbs/04_train.ipynb #ad8b1d7e
+# %% ../nbs/04_train.ipynb #7aa0dee9
 class _ArgError(Exception): pass
 
 class _Parser(argparse.ArgumentParser):
