@@ -13,7 +13,7 @@ __all__ = ['VIEW_KINDS', 'GROUPS', 'HASH_EXCLUDE', 'DATASET_NAMES', 'project_roo
            'plot_per_class', 'plot_groups', 'plot_curves', 'margin_matrix', 'plot_margins', 'save_figure',
            'write_figures']
 
-# %% ../nbs/05_reproduce.ipynb #dbdd2c6a
+# %% ../nbs/05_reproduce.ipynb #37e52554
 import argparse, contextlib, fnmatch, hashlib, itertools, json, math, os, re, sys, tempfile, time, traceback, types, typing
 from dataclasses import MISSING, dataclass, fields as dc_fields
 from datetime import datetime, timezone
@@ -26,7 +26,7 @@ from .settings import PROFILES, get_settings
 # pandas, matplotlib, seaborn, papermill, submitit and torch are imported inside the functions that need them:
 # the CLI checks its arguments (and `ltpaper status` answers) without paying for those imports.
 
-# %% ../nbs/05_reproduce.ipynb #c186f5a7
+# %% ../nbs/05_reproduce.ipynb #a809f193
 _TOP_KEYS = {'table', 'title', 'base', 'seeds', 'methods', 'row_name', 'grid', 'defaults', 'profiles', 'views', 'notebook'}
 _GRID_KEYS = {'dataset', 'imbalance_factor', 'method', 'loss_params', 'train', 'same_as'}
 _METHOD_KEYS = {'label', 'loss', 'loss_params'}
@@ -90,7 +90,7 @@ def load_table(name, configs_root=None) -> dict:
     spec['seeds'] = seeds
     return spec
 
-# %% ../nbs/05_reproduce.ipynb #da0fb3b0
+# %% ../nbs/05_reproduce.ipynb #6a4dd0ff
 def _train_config_class():
     try: from ltpaper.train import TrainConfig
     except ImportError as e: raise ImportError(f"ltpaper.train is not importable ({e}); run nbdev-export") from e
@@ -159,7 +159,7 @@ def check_notebook_parameters(config_json, out_dir) -> dict:
     _need('out_dir' not in cfg, "config_json must not set out_dir: pass the out_dir parameter")
     return cfg
 
-# %% ../nbs/05_reproduce.ipynb #69256210
+# %% ../nbs/05_reproduce.ipynb #4b23793f
 def _norm(v):
     if isinstance(v, bool) or v is None or isinstance(v, str): return v
     if isinstance(v, float) and v.is_integer(): return int(v)
@@ -178,7 +178,7 @@ def config_hash(cfg: dict) -> str:
     s = json.dumps(canonical_config(cfg), sort_keys=True, separators=(',', ':'), allow_nan=False)
     return hashlib.sha256(s.encode()).hexdigest()[:16]
 
-# %% ../nbs/05_reproduce.ipynb #d690ca78
+# %% ../nbs/05_reproduce.ipynb #e91c296f
 @dataclass
 class Row:
     "One table row, expanded for a profile."
@@ -245,7 +245,7 @@ def expand_table(table, profile, configs_root=None, check=True) -> list:
                 _need(not diff, f"table {table} row {r.name}: same_as {r.run_table}/{r.run_row} but the configs differ in {diff} (profile {profile})")
     return rows
 
-# %% ../nbs/05_reproduce.ipynb #8f589ec6
+# %% ../nbs/05_reproduce.ipynb #1bbdec47
 @dataclass
 class Job:
     "One run of the experiment notebook: a row and a seed."
@@ -333,7 +333,7 @@ def job_state(job) -> tuple:
     if (out/'checkpoint.pt').exists(): return 'started', f"{out/'checkpoint.pt'} but no metrics.json: running now, or interrupted (a rerun resumes it)"
     return 'missing', ''
 
-# %% ../nbs/05_reproduce.ipynb #32de1a78
+# %% ../nbs/05_reproduce.ipynb #5be5087b
 def _atomic_write_text(path, text):
     "Write via a temp file in the same folder + os.replace: readers never see half a file."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
@@ -363,7 +363,7 @@ def fake_metrics(job, top1=50.0, class_counts=(100, 40, 10, 4), epochs=2, seed_n
     _atomic_write_text(Path(job.out_dir)/'metrics.json', json.dumps(rec))
     return rec
 
-# %% ../nbs/05_reproduce.ipynb #5873942a
+# %% ../nbs/05_reproduce.ipynb #f2bfe61c
 def experiment_notebook() -> Path:
     p = project_root()/'nbs'/'experiments'/'train.ipynb'
     if not p.is_file(): raise FileNotFoundError(f"{p} not found: run ltpaper from a checkout of the repository (pip install -e .)")
@@ -441,9 +441,9 @@ def run_job(job, notebook=None, kernel_name='python3') -> dict:
         _atomic_write_text(out/'error.json', json.dumps(info, indent=1))
         return dict(base, state='failed', seconds=time.time() - t0, error=err)
 
-# %% ../nbs/05_reproduce.ipynb #fa3ca67d
+# %% ../nbs/05_reproduce.ipynb #444d9146
 def _gpu_worker_init(gpu):
-    os.environ['CUDA_VISIBLE_DEVICES'] = str(gpu)
+    if gpu is not None: os.environ['CUDA_VISIBLE_DEVICES'] = str(gpu)   # None: a CPU slot (--jobs)
 
 def _failed(job, err, executed=None) -> dict:
     "Record a failure that happened outside the notebook (a crashed worker, a Slurm error)."
@@ -465,12 +465,12 @@ def _run_on_gpus(jobs, gpus, bar) -> list:
                 except queue.Empty: return
                 try: res = pool.submit(run_job, j).result()
                 except Exception as ex:   # the worker process died: record it, start a fresh one
-                    res = _failed(j, f"worker for GPU {gpu} crashed: {_one_line(ex)}")
+                    res = _failed(j, f"worker for {'GPU ' + str(gpu) if gpu is not None else 'a CPU slot'} crashed: {_one_line(ex)}")
                     pool.shutdown(cancel_futures=True)
                     pool = cf.ProcessPoolExecutor(1, mp_context=ctx, initializer=_gpu_worker_init, initargs=(gpu,))
                 res['gpu'] = gpu
                 with lock:
-                    results.append(res); bar.set_postfix_str(f"{j.row} seed{j.seed} gpu{gpu}"); bar.update(1)
+                    results.append(res); bar.set_postfix_str(f"{j.row} seed{j.seed}" + (f" gpu{gpu}" if gpu is not None else '')); bar.update(1)
         finally: pool.shutdown()
     threads = [threading.Thread(target=worker, args=(g,), daemon=True) for g in gpus]
     for t in threads: t.start()
@@ -496,19 +496,20 @@ def _run_on_slurm(jobs, folder, slurm, bar) -> list:
         results.append(res); bar.set_postfix_str(f"{j.row} seed{j.seed}"); bar.update(1)
     return results
 
-def execute_jobs(jobs, gpus=None, launcher='local', slurm=None, folder=None, progress=True, desc='runs') -> list:
-    "Run `jobs` locally (in turn, or one per GPU) or on Slurm; a list of result dicts, one per job."
+def execute_jobs(jobs, gpus=None, launcher='local', slurm=None, folder=None, progress=True, desc='runs', n_jobs=1) -> list:
+    "Run `jobs` locally (in turn, `n_jobs` at once on the CPU, or one per GPU) or on Slurm; a list of result dicts, one per job."
     from tqdm.auto import tqdm
     with tqdm(total=len(jobs), desc=desc, unit='run', disable=not progress, file=sys.stderr, dynamic_ncols=True) as bar:
         if launcher == 'slurm': return _run_on_slurm(jobs, folder, slurm, bar)
         if gpus: return _run_on_gpus(jobs, gpus, bar)
+        if n_jobs > 1: return _run_on_gpus(jobs, [None] * n_jobs, bar)   # CPU slots: same worker pool, no GPU pinning
         results = []
         for j in jobs:
             bar.set_postfix_str(f"{j.row} seed{j.seed}")
             results.append(run_job(j)); bar.update(1)
         return results
 
-# %% ../nbs/05_reproduce.ipynb #bcb1a61b
+# %% ../nbs/05_reproduce.ipynb #f1db7894
 def render(table, profile, results_root=None, seeds=None, tables_root=None, figures_root=None) -> Path:
     "Execute nbs/paper/<table>.ipynb for these results; return the executed notebook's path."
     import papermill as pm
@@ -523,7 +524,7 @@ def render(table, profile, results_root=None, seeds=None, tables_root=None, figu
     return out
 
 def reproduce(table, profile=None, rows=None, seeds=None, device=None, gpus=None, launcher='local', force=False,
-              results_root=None, render_outputs=True, progress=True, configs_root=None, log=print) -> dict:
+              results_root=None, render_outputs=True, progress=True, configs_root=None, log=print, n_jobs=1) -> dict:
     "Run every missing row x seed of `table` through the experiment notebook, then render its table and figures."
     profile = profile or get_settings().default_profile
     spec = load_table(table, configs_root)
@@ -537,9 +538,9 @@ def reproduce(table, profile=None, rows=None, seeds=None, device=None, gpus=None
         if force: _clear_run(j.out_dir)
         todo.append(j)
     log(f"{table} (profile {profile}): {len(jobs)} run(s), {len(skipped)} already done, {len(todo)} to run"
-        + (f" on GPUs {gpus}" if gpus else '') + (f" via {launcher}" if launcher != 'local' else '') + f"; results in {roots['results']}")
+        + (f" on GPUs {gpus}" if gpus else (f", {n_jobs} at once" if n_jobs > 1 else '')) + (f" via {launcher}" if launcher != 'local' else '') + f"; results in {roots['results']}")
     slurm = (spec['profiles'][profile] or {}).get('slurm')
-    results = execute_jobs(todo, gpus, launcher, slurm, roots['results']/'submitit', progress, desc=table) if todo else []
+    results = execute_jobs(todo, gpus, launcher, slurm, roots['results']/'submitit', progress, desc=table, n_jobs=n_jobs) if todo else []
     failed = [r for r in results if r['state'] != 'done']
     rendered = None
     if render_outputs:
@@ -549,7 +550,7 @@ def reproduce(table, profile=None, rows=None, seeds=None, device=None, gpus=None
                                executed=str(roots['results']/'executed'/'paper'/f'{table}.ipynb')))
     return dict(table=table, profile=profile, jobs=jobs, ran=results, skipped=skipped, failed=failed, rendered=rendered, roots=roots)
 
-# %% ../nbs/05_reproduce.ipynb #71ca2cd0
+# %% ../nbs/05_reproduce.ipynb #84981a39
 class _Parser(argparse.ArgumentParser):
     "argparse with one-line errors (exit 2)."
     def error(self, message):
@@ -601,6 +602,7 @@ def cli_reproduce(argv=None) -> int:
     p.add_argument('--device', choices=['cpu', 'cuda'], help="training device (default: cuda with --gpus, else settings' default_device)")
     p.add_argument('--gpus', help='comma-separated GPU indices: one concurrent run per GPU')
     p.add_argument('--launcher', choices=['local', 'slurm'], default='local', help='local processes, or one Slurm job per run (submitit)')
+    p.add_argument('--jobs', type=int, default=1, help='CPU runs at once (each uses its config\'s `threads`; 2 on a 2-core machine)')
     p.add_argument('--force', action='store_true', help='rerun rows that are already done')
     p.add_argument('--no-render', action='store_true', help='skip rendering the table and figures')
     p.add_argument('--dry-run', action='store_true', help='list what would run (and on which GPU) and stop')
@@ -615,6 +617,8 @@ def cli_reproduce(argv=None) -> int:
             device = resolve_device(None)
         _need(device != 'cuda' or gpus or _device_count() > 0, "--device cuda: no CUDA device is visible; use --device cpu")
         _need(not (gpus and ns.launcher == 'slurm'), "--gpus and --launcher slurm do not mix: Slurm assigns the GPUs")
+        _need(1 <= ns.jobs <= 64, f"--jobs {ns.jobs}: give the number of CPU runs at once, 1 to 64")
+        _need(not (gpus and ns.jobs > 1), "--gpus and --jobs do not mix: --gpus runs one row per GPU")
         if not ns.no_render: paper_notebook(ns.table)   # a table that cannot be rendered is refused before anything runs
         if ns.launcher == 'slurm':
             try: import submitit  # noqa: F401
@@ -629,7 +633,7 @@ def cli_reproduce(argv=None) -> int:
             print(f"{'skip' if st == 'done' and not ns.force else 'run':4} {j.table}/{j.row} seed{j.seed}{where} [{st}] {j.config_hash}")
         return 0
     res = reproduce(ns.table, r['profile'], ns.rows, r['seeds'], device, gpus, ns.launcher, ns.force, ns.results_root,
-                    render_outputs=not ns.no_render)
+                    render_outputs=not ns.no_render, n_jobs=ns.jobs)
     done = sum(x['state'] == 'done' for x in res['ran'])
     print(f"{ns.table}: {done} run(s) finished, {len(res['skipped'])} skipped (done), {len(res['failed'])} failed"
           + (f"; rendered {res['rendered']}" if res['rendered'] else ''))
@@ -661,7 +665,7 @@ def cli_status(argv=None) -> int:
     print(f"{ns.table} (profile {r['profile']}, {root}): " + ', '.join(f"{n} {s}" for s, n in sorted(counts.items())))
     return 0
 
-# %% ../nbs/05_reproduce.ipynb #cc07621c
+# %% ../nbs/05_reproduce.ipynb #1178c2b4
 @dataclass
 class Results:
     "The runs of one table under one profile, as read from disk."
@@ -728,7 +732,7 @@ def view_rows(res, view) -> list:
 
 def _label(view, row): return (view.get('labels') or {}).get(row.method, row.label)
 
-# %% ../nbs/05_reproduce.ipynb #76db1a22
+# %% ../nbs/05_reproduce.ipynb #104fa73e
 _PAPER_METRIC = dict(overall='top1_overall', Many='top1_many', Medium='top1_medium', Few='top1_few', Rare='top1_rare')
 
 def reported_results(configs_root=None):
@@ -812,7 +816,7 @@ def format_view(summary, view):
     if view['kind'] == 'overall': df.columns = pd.MultiIndex.from_tuples(col_order, names=['dataset', 'imbalance factor'])
     return df
 
-# %% ../nbs/05_reproduce.ipynb #426af2ba
+# %% ../nbs/05_reproduce.ipynb #f2c59208
 def _flat(df):
     "Header (list of str) and body (list of lists of str) with repeated index values blanked."
     cols = [' '.join(str(x) for x in c) if isinstance(c, tuple) else str(c) for c in df.columns]
@@ -882,7 +886,7 @@ def write_table(res, view, accuracy='last', configs_root=None) -> dict:
     _atomic_write_text(paths[2], summary.to_csv(index=False, float_format='%.4f'))
     return dict(table=shown, summary=summary, paths=paths, caption=cap, notes=notes)
 
-# %% ../nbs/05_reproduce.ipynb #ffa7b12e
+# %% ../nbs/05_reproduce.ipynb #8db0cb01
 def _figure_runs(res, view, imbalance_factor=None):
     "The view's runs at one imbalance factor: the one asked for, else the view's, else its `figure_imbalance_factor`"
     "when that has runs, else the one with most runs; (runs with their view labels, the IF)."
