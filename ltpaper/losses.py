@@ -8,7 +8,7 @@ __all__ = ['BINNINGS', 'G_MODES', 'MARGIN_SOURCES', 'LOSSES', 'TABLE3_ROWS', 'LT
            'GHMLoss', 'eql_logits', 'EqualizationLoss', 'margin_logits', 'seesaw_logits', 'SeesawLoss', 'LDAMLoss',
            'LogitAdjustmentLoss', 'BalancedSoftmaxLoss', 'OursLoss', 'loss_hparams', 'build_loss']
 
-# %% ../nbs/00_losses.ipynb #146ba667
+# %% ../nbs/00_losses.ipynb #7546d9e4
 import inspect, math
 import torch
 import torch.nn as nn
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from .binning import (ESTIMATORS, gradient_norm, fine_cell, density_weights, all_gather_cat,
                              all_reduce_sum, class_bincount)
 
-# %% ../nbs/00_losses.ipynb #5de5fb72
+# %% ../nbs/00_losses.ipynb #da5e8f56
 def _as_counts(class_counts):
     try: c = torch.as_tensor(class_counts, dtype=torch.float64)
     except Exception: raise ValueError(f"class_counts must be a sequence or tensor of per-class training counts, got {type(class_counts).__name__}")
@@ -53,7 +53,7 @@ class LTLoss(nn.Module):
         z = logits if logits.dtype == torch.float64 else logits.float()
         return z, target.long()
 
-# %% ../nbs/00_losses.ipynb #ed9fcff4
+# %% ../nbs/00_losses.ipynb #26e3827f
 def softmax_loss(logits, target):
     "Eq. softmax CE, mean over the batch."
     return F.cross_entropy(logits, target)
@@ -64,7 +64,7 @@ class SoftmaxLoss(LTLoss):
         z, y = self.check_inputs(logits, target)
         return softmax_loss(z, y)
 
-# %% ../nbs/00_losses.ipynb #2b625029
+# %% ../nbs/00_losses.ipynb #7d76112a
 def weighted_ce(logits, target, class_weight):
     "Weighted-mean CE: sum_i w_{y_i} CE_i / sum_i w_{y_i}."
     return F.cross_entropy(logits, target, weight=class_weight.to(logits.dtype))
@@ -91,7 +91,7 @@ class EffectiveNumberLoss(LTLoss):
         z, y = self.check_inputs(logits, target)
         return weighted_ce(z, y, self.class_weight)
 
-# %% ../nbs/00_losses.ipynb #28c4fe3e
+# %% ../nbs/00_losses.ipynb #d264c2b2
 def focal_loss(logits, target, gamma=1.0):
     "Softmax focal loss, mean over the batch."
     ce = F.cross_entropy(logits, target, reduction='none')
@@ -107,7 +107,7 @@ class FocalLoss(LTLoss):
         z, y = self.check_inputs(logits, target)
         return focal_loss(z, y, self.gamma)
 
-# %% ../nbs/00_losses.ipynb #c3e67cad
+# %% ../nbs/00_losses.ipynb #f173296a
 def ghm_c_weights(g, acc_sum, bins, momentum):
     "Per-element GHM-C weights and the updated EMA bin counts (acc_sum)."
     idx = (g * (bins - 1e-6)).long().clamp_(0, bins - 1)          # edges j/M, last edge + 1e-6 (mmdet)
@@ -137,7 +137,7 @@ class GHMLoss(LTLoss):
         bce = F.binary_cross_entropy_with_logits(z, onehot, reduction='none')
         return (w * bce).sum() / z.numel()
 
-# %% ../nbs/00_losses.ipynb #2b0d838f
+# %% ../nbs/00_losses.ipynb #099767d9
 def eql_logits(logits, target, tail_mask, drop):
     "Softmax-EQL logits: tail negatives whose Bernoulli draw fired get -inf."
     onehot = F.one_hot(target, logits.shape[1]).bool()
@@ -157,10 +157,11 @@ class EqualizationLoss(LTLoss):
         drop = torch.rand(z.shape, device=z.device) < self.drop_prob
         return F.cross_entropy(eql_logits(z, y, self.tail_mask, drop), y)
 
-# %% ../nbs/00_losses.ipynb #9aa51757
+# %% ../nbs/00_losses.ipynb #d02e6118
 def margin_logits(logits, target, log_s, gamma):
     "z + gamma * min(0, log S_n - log S_{y_i}): one-sided logit margins, a (B, C) tensor."
-    return logits + gamma * (log_s[None, :] - log_s[target][:, None]).clamp(max=0)
+    m = (log_s[None, :] - log_s[target][:, None]).clamp_(max=0).mul_(gamma)   # (B, C) constant: built in place
+    return logits + m
 
 def seesaw_logits(logits, target, cum_counts, p=0.8, q=2.0, eps=1e-2):
     "Seesaw-adjusted logits (mitigation from cumulative counts, compensation from detached scores)."
@@ -187,7 +188,7 @@ class SeesawLoss(LTLoss):
         self.cum_counts += all_reduce_sum(class_bincount(y, self.num_classes))
         return F.cross_entropy(seesaw_logits(z, y, self.cum_counts, self.p, self.q, self.eps), y)
 
-# %% ../nbs/00_losses.ipynb #bc81bc18
+# %% ../nbs/00_losses.ipynb #37d5e787
 class LDAMLoss(LTLoss):
     "Label-distribution-aware margin loss (plain linear head)."
     def __init__(self, class_counts, max_m=0.5, s=30.0):
@@ -218,7 +219,7 @@ class BalancedSoftmaxLoss(LTLoss):
         z, y = self.check_inputs(logits, target)
         return F.cross_entropy(z + self.counts1.log().to(z.dtype), y)
 
-# %% ../nbs/00_losses.ipynb #067d5312
+# %% ../nbs/00_losses.ipynb #fe486f90
 BINNINGS = ('ura', 'aura', 'power')
 G_MODES = dict(adjusted='softmax', raw='softmax', sigmoid='sigmoid')
 MARGIN_SOURCES = ('static', 'cumulative', 'density_sample', 'density_hist')
@@ -266,8 +267,10 @@ class OursLoss(LTLoss):
         return self.margin_counts.clamp(min=1).log() if self.margin_source != 'static' else self.counts1.log()
 
     @torch.no_grad()
-    def _weights(self, z, z_adj, y, index):
-        g = gradient_norm(z_adj if self.g_mode == 'adjusted' else z, y, G_MODES[self.g_mode])
+    def _weights(self, z, z_adj, y, index, ce=None):
+        if self.g_mode == 'adjusted' and ce is not None:   # 1 - softmax(z')_y = 1 - exp(-CE): no second pass over the logits
+            g = (-torch.expm1(-ce.detach())).clamp_(0, 1 - 1e-6)
+        else: g = gradient_norm(z_adj if self.g_mode == 'adjusted' else z, y, G_MODES[self.g_mode])
         gb = g.pow(1.0 / self.power_kappa) if self.binning == 'power' else g   # power edges: bin on g^(1/kappa)
         cell = fine_cell(gb, self.n_cells)
         (ya, ca, ia), off = all_gather_cat(y, cell, index if index is not None else torch.zeros_like(y))
@@ -304,16 +307,17 @@ class OursLoss(LTLoss):
         need_stats = self.use_intra or self.margin_source in ('density_sample', 'density_hist')
         if self.use_margin and self.margin_source == 'cumulative': self._update_margin_counts(y, None)
         z_adj = margin_logits(z, y, self.log_s().to(z.dtype), self.gamma) if self.use_margin else z
-        stats = self._weights(z, z_adj, y, index) if need_stats else None
-        if self.use_margin and self.margin_source in ('density_sample', 'density_hist'):
-            self._update_margin_counts(y, stats)
-            z_adj = margin_logits(z, y, self.log_s().to(z.dtype), self.gamma)
         ce = F.cross_entropy(z_adj, y, reduction='none')
+        stats = self._weights(z, z_adj, y, index, ce) if need_stats else None
+        if self.use_margin and self.margin_source in ('density_sample', 'density_hist'):
+            self._update_margin_counts(y, stats)          # S from this batch's statistics, then the margins again
+            z_adj = margin_logits(z, y, self.log_s().to(z.dtype), self.gamma)
+            ce = F.cross_entropy(z_adj, y, reduction='none')
         w = stats[2].to(ce.dtype) if (stats is not None and self.use_intra) else torch.ones_like(ce)
         self.last_weights, self.last_g = w, (stats[0] if stats is not None else None)
         return (w * ce).mean()
 
-# %% ../nbs/00_losses.ipynb #8f4fe97f
+# %% ../nbs/00_losses.ipynb #0ad2aca7
 LOSSES = dict(softmax=SoftmaxLoss, class_balanced=ClassBalancedLoss, effective_number=EffectiveNumberLoss,
               focal=FocalLoss, ghm=GHMLoss, equalization=EqualizationLoss, seesaw=SeesawLoss, ours=OursLoss,
               ldam=LDAMLoss, logit_adjustment=LogitAdjustmentLoss, balanced_softmax=BalancedSoftmaxLoss)
