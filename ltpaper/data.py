@@ -40,7 +40,7 @@ def longtail_counts(n_max, num_classes, imbalance_factor, profile='exp') -> list
     "Images per class of a long-tailed profile: exp n_i = int(n_max·(1/IF)^(i/(C−1))) (Cao et al. 2019), or step."
     if profile not in PROFILES: raise ValueError(f"profile={profile!r}: choose one of {sorted(PROFILES)}")
     if int(num_classes) != num_classes or num_classes < 1: raise ValueError(f"num_classes={num_classes!r}: need an integer >= 1")
-    if not imbalance_factor >= 1: raise ValueError(f"imbalance_factor={imbalance_factor!r}: need a number >= 1 (n_max / n_min)")
+    if isinstance(imbalance_factor, bool) or not isinstance(imbalance_factor, (int, float, np.integer, np.floating)) or not imbalance_factor >= 1: raise ValueError(f"imbalance_factor={imbalance_factor!r}: need a number >= 1 (n_max / n_min)")
     if not n_max > 0: raise ValueError(f"n_max={n_max!r}: need a positive number of images")
     if num_classes == 1: return [int(n_max)]
     return PROFILES[profile](n_max, int(num_classes), imbalance_factor)

@@ -8,7 +8,7 @@ __all__ = ['BINNINGS', 'G_MODES', 'MARGIN_SOURCES', 'LOSSES', 'TABLE3_ROWS', 'LT
            'GHMLoss', 'eql_logits', 'EqualizationLoss', 'margin_logits', 'seesaw_logits', 'SeesawLoss', 'LDAMLoss',
            'LogitAdjustmentLoss', 'BalancedSoftmaxLoss', 'OursLoss', 'loss_hparams', 'build_loss']
 
-# %% ../nbs/00_losses.ipynb #7546d9e4
+# %% ../nbs/00_losses.ipynb #7298e480
 import inspect, math
 import torch
 import torch.nn as nn
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from .binning import (ESTIMATORS, gradient_norm, fine_cell, density_weights, all_gather_cat,
                              all_reduce_sum, class_bincount)
 
-# %% ../nbs/00_losses.ipynb #da5e8f56
+# %% ../nbs/00_losses.ipynb #410eda33
 def _as_counts(class_counts):
     try: c = torch.as_tensor(class_counts, dtype=torch.float64)
     except Exception: raise ValueError(f"class_counts must be a sequence or tensor of per-class training counts, got {type(class_counts).__name__}")
@@ -53,7 +53,7 @@ class LTLoss(nn.Module):
         z = logits if logits.dtype == torch.float64 else logits.float()
         return z, target.long()
 
-# %% ../nbs/00_losses.ipynb #26e3827f
+# %% ../nbs/00_losses.ipynb #8b90afad
 def softmax_loss(logits, target):
     "Eq. softmax CE, mean over the batch."
     return F.cross_entropy(logits, target)
@@ -64,7 +64,7 @@ class SoftmaxLoss(LTLoss):
         z, y = self.check_inputs(logits, target)
         return softmax_loss(z, y)
 
-# %% ../nbs/00_losses.ipynb #7d76112a
+# %% ../nbs/00_losses.ipynb #8e2e3fd7
 def weighted_ce(logits, target, class_weight):
     "Weighted-mean CE: sum_i w_{y_i} CE_i / sum_i w_{y_i}."
     return F.cross_entropy(logits, target, weight=class_weight.to(logits.dtype))
@@ -91,7 +91,7 @@ class EffectiveNumberLoss(LTLoss):
         z, y = self.check_inputs(logits, target)
         return weighted_ce(z, y, self.class_weight)
 
-# %% ../nbs/00_losses.ipynb #d264c2b2
+# %% ../nbs/00_losses.ipynb #a0bec2ca
 def focal_loss(logits, target, gamma=1.0):
     "Softmax focal loss, mean over the batch."
     ce = F.cross_entropy(logits, target, reduction='none')
@@ -107,7 +107,7 @@ class FocalLoss(LTLoss):
         z, y = self.check_inputs(logits, target)
         return focal_loss(z, y, self.gamma)
 
-# %% ../nbs/00_losses.ipynb #f173296a
+# %% ../nbs/00_losses.ipynb #7aa7f5bd
 def ghm_c_weights(g, acc_sum, bins, momentum):
     "Per-element GHM-C weights and the updated EMA bin counts (acc_sum)."
     idx = (g * (bins - 1e-6)).long().clamp_(0, bins - 1)          # edges j/M, last edge + 1e-6 (mmdet)
@@ -137,7 +137,7 @@ class GHMLoss(LTLoss):
         bce = F.binary_cross_entropy_with_logits(z, onehot, reduction='none')
         return (w * bce).sum() / z.numel()
 
-# %% ../nbs/00_losses.ipynb #099767d9
+# %% ../nbs/00_losses.ipynb #109b0527
 def eql_logits(logits, target, tail_mask, drop):
     "Softmax-EQL logits: tail negatives whose Bernoulli draw fired get -inf."
     onehot = F.one_hot(target, logits.shape[1]).bool()
@@ -157,7 +157,7 @@ class EqualizationLoss(LTLoss):
         drop = torch.rand(z.shape, device=z.device) < self.drop_prob
         return F.cross_entropy(eql_logits(z, y, self.tail_mask, drop), y)
 
-# %% ../nbs/00_losses.ipynb #d02e6118
+# %% ../nbs/00_losses.ipynb #8346c238
 def margin_logits(logits, target, log_s, gamma):
     "z + gamma * min(0, log S_n - log S_{y_i}): one-sided logit margins, a (B, C) tensor."
     m = (log_s[None, :] - log_s[target][:, None]).clamp_(max=0).mul_(gamma)   # (B, C) constant: built in place
@@ -188,7 +188,7 @@ class SeesawLoss(LTLoss):
         self.cum_counts += all_reduce_sum(class_bincount(y, self.num_classes))
         return F.cross_entropy(seesaw_logits(z, y, self.cum_counts, self.p, self.q, self.eps), y)
 
-# %% ../nbs/00_losses.ipynb #37d5e787
+# %% ../nbs/00_losses.ipynb #24f0c32e
 class LDAMLoss(LTLoss):
     "Label-distribution-aware margin loss (plain linear head)."
     def __init__(self, class_counts, max_m=0.5, s=30.0):
@@ -219,7 +219,7 @@ class BalancedSoftmaxLoss(LTLoss):
         z, y = self.check_inputs(logits, target)
         return F.cross_entropy(z + self.counts1.log().to(z.dtype), y)
 
-# %% ../nbs/00_losses.ipynb #fe486f90
+# %% ../nbs/00_losses.ipynb #f5c8f1be
 BINNINGS = ('ura', 'aura', 'power')
 G_MODES = dict(adjusted='softmax', raw='softmax', sigmoid='sigmoid')
 MARGIN_SOURCES = ('static', 'cumulative', 'density_sample', 'density_hist')
@@ -317,7 +317,7 @@ class OursLoss(LTLoss):
         self.last_weights, self.last_g = w, (stats[0] if stats is not None else None)
         return (w * ce).mean()
 
-# %% ../nbs/00_losses.ipynb #0ad2aca7
+# %% ../nbs/00_losses.ipynb #ff196b1e
 LOSSES = dict(softmax=SoftmaxLoss, class_balanced=ClassBalancedLoss, effective_number=EffectiveNumberLoss,
               focal=FocalLoss, ghm=GHMLoss, equalization=EqualizationLoss, seesaw=SeesawLoss, ours=OursLoss,
               ldam=LDAMLoss, logit_adjustment=LogitAdjustmentLoss, balanced_softmax=BalancedSoftmaxLoss)
@@ -338,4 +338,9 @@ def build_loss(name, class_counts, **hparams) -> nn.Module:
     known = loss_hparams(name)
     unknown = set(hparams) - set(known)
     if unknown: raise ValueError(f"loss {name!r} has no hyperparameter(s) {sorted(unknown)}; it takes {sorted(known)}")
+    for k, v in hparams.items():                     # a value must have its default's type (ints pass for floats)
+        d = known[k]
+        ok = (v is None or d is None or isinstance(v, type(d)) or (isinstance(d, float) and isinstance(v, int))) and not (
+              isinstance(v, bool) and not isinstance(d, bool) and d is not None)
+        if not ok: raise ValueError(f"loss {name!r}: hyperparameter {k}={v!r} must be a {type(d).__name__} like its default {d!r}")
     return LOSSES[name](class_counts, **hparams)

@@ -89,7 +89,8 @@ def _normalise_and_check(c: TrainConfig):
         try:
             if t is float and isinstance(v, (int, float)) and not isinstance(v, bool): v = float(v)
             elif t is int and not isinstance(v, bool) and isinstance(v, (int, float)) and float(v).is_integer(): v = int(v)
-            elif t == list[int]: v = [int(x) for x in v] if all(float(x).is_integer() for x in v) else _fail(f.name, v, "must be whole numbers")
+            if t in (list[int], list[float]) and not isinstance(v, (list, tuple)): _fail(f.name, v, f"expected a list of numbers, got {type(v).__name__}")
+            if t == list[int]: v = [int(x) for x in v] if all(float(x).is_integer() for x in v) else _fail(f.name, v, "must be whole numbers")
             elif t == list[float]: v = [float(x) for x in v]
             elif t is dict: v = dict(v)
             elif t == str | None and isinstance(v, os.PathLike): v = os.fspath(v)
@@ -132,7 +133,7 @@ def _normalise_and_check(c: TrainConfig):
     try: json.dumps(c.loss_params, allow_nan=False)
     except (TypeError, ValueError): _fail('loss_params', c.loss_params, "must be JSON-serialisable (numbers, strings, booleans, lists, dicts)")
     try: build_loss(c.loss, [100, 10, 1], **c.loss_params)   # cheap trial build: bad names/values fail here, before any work
-    except ValueError as e: _fail('loss_params', c.loss_params, str(e))
+    except (TypeError, ValueError) as e: _fail('loss_params', c.loss_params, ' '.join(str(e).split()))   # TypeError: a value of the wrong type
 
 def _canonical(v):
     "JSON values normalised for hashing: whole floats become ints, dict keys sorted."
@@ -244,14 +245,20 @@ def atomic_write(path: Path, write):  # write(file_object) fills a temp file tha
         with open(tmp, 'wb') as f:
             write(f); f.flush(); os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:   # e.g. disk full: name the file; the previous `path` is untouched
+        raise OSError(e.errno, f"could not write {path}: {e.strerror or e}") from e
     finally:
         if tmp.exists(): tmp.unlink()
 
 def save_checkpoint(path: Path, state: dict): atomic_write(path, lambda f: torch.save(state, f))
 
 def load_checkpoint(path: Path, map_location='cpu') -> dict:
-    "Load a checkpoint written by `train` (weights_only: no code runs while loading)."
-    return torch.load(path, map_location=map_location, weights_only=True)
+    "Load a checkpoint written by `train` (weights_only: no code runs while loading); a damaged file is a one-line ValueError naming it."
+    try: return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError: raise
+    except Exception as e:   # truncated / not a zip / unpickling refused
+        msg = ' '.join(str(e).split())[:200]
+        raise ValueError(f"{path} is corrupt ({type(e).__name__}: {msg}); delete it, or rerun without resume (`ltpaper reproduce --force`)") from None
 
 # %% ../nbs/04_train.ipynb #ffda37be
 class NonFiniteLossError(RuntimeError):
@@ -554,6 +561,8 @@ def cli_train(argv: list[str]|None = None) -> int:
         print(f"ltpaper train: error: {e}", file=sys.stderr); return 2
     except NonFiniteLossError as e:
         print(f"ltpaper train: error: {e}", file=sys.stderr); return 1
+    except OSError as e:   # e.g. disk full while writing the checkpoint or metrics.json
+        print(f"ltpaper train: error: {' '.join(str(e).split())}", file=sys.stderr); return 1
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else int(os.environ.get('RANK', '0'))
     if rank == 0:
         print(f"last top-1 {m['last']['top1']:.2f}% (epoch {m['last']['epoch']}), best {m['best']['top1']:.2f}% (epoch {m['best']['epoch']})"
