@@ -192,6 +192,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'ltpaper.reproduce._common_args': ('reproduce.html#_common_args', 'ltpaper/reproduce.py'),
                                    'ltpaper.reproduce._configs_root': ('reproduce.html#_configs_root', 'ltpaper/reproduce.py'),
                                    'ltpaper.reproduce._device_count': ('reproduce.html#_device_count', 'ltpaper/reproduce.py'),
+                                   'ltpaper.reproduce._exit_with_parent': ('reproduce.html#_exit_with_parent', 'ltpaper/reproduce.py'),
                                    'ltpaper.reproduce._failed': ('reproduce.html#_failed', 'ltpaper/reproduce.py'),
                                    'ltpaper.reproduce._figure_runs': ('reproduce.html#_figure_runs', 'ltpaper/reproduce.py'),
                                    'ltpaper.reproduce._flat': ('reproduce.html#_flat', 'ltpaper/reproduce.py'),

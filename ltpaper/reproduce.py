@@ -13,7 +13,7 @@ __all__ = ['VIEW_KINDS', 'GROUPS', 'HASH_EXCLUDE', 'DATASET_NAMES', 'project_roo
            'plot_per_class', 'plot_groups', 'plot_curves', 'margin_matrix', 'plot_margins', 'save_figure',
            'write_figures']
 
-# %% ../nbs/05_reproduce.ipynb #37e52554
+# %% ../nbs/05_reproduce.ipynb #4dc8e51e
 import argparse, contextlib, fnmatch, hashlib, itertools, json, math, os, re, sys, tempfile, time, traceback, types, typing
 from dataclasses import MISSING, dataclass, fields as dc_fields
 from datetime import datetime, timezone
@@ -26,7 +26,7 @@ from .settings import PROFILES, get_settings
 # pandas, matplotlib, seaborn, papermill, submitit and torch are imported inside the functions that need them:
 # the CLI checks its arguments (and `ltpaper status` answers) without paying for those imports.
 
-# %% ../nbs/05_reproduce.ipynb #a809f193
+# %% ../nbs/05_reproduce.ipynb #40a12e0f
 _TOP_KEYS = {'table', 'title', 'base', 'seeds', 'methods', 'row_name', 'grid', 'defaults', 'profiles', 'views', 'notebook'}
 _GRID_KEYS = {'dataset', 'imbalance_factor', 'method', 'loss_params', 'train', 'same_as'}
 _METHOD_KEYS = {'label', 'loss', 'loss_params'}
@@ -90,7 +90,7 @@ def load_table(name, configs_root=None) -> dict:
     spec['seeds'] = seeds
     return spec
 
-# %% ../nbs/05_reproduce.ipynb #6a4dd0ff
+# %% ../nbs/05_reproduce.ipynb #31781e5c
 def _train_config_class():
     try: from ltpaper.train import TrainConfig
     except ImportError as e: raise ImportError(f"ltpaper.train is not importable ({e}); run nbdev-export") from e
@@ -159,7 +159,7 @@ def check_notebook_parameters(config_json, out_dir) -> dict:
     _need('out_dir' not in cfg, "config_json must not set out_dir: pass the out_dir parameter")
     return cfg
 
-# %% ../nbs/05_reproduce.ipynb #4b23793f
+# %% ../nbs/05_reproduce.ipynb #2712d9f5
 def _norm(v):
     if isinstance(v, bool) or v is None or isinstance(v, str): return v
     if isinstance(v, float) and v.is_integer(): return int(v)
@@ -178,7 +178,7 @@ def config_hash(cfg: dict) -> str:
     s = json.dumps(canonical_config(cfg), sort_keys=True, separators=(',', ':'), allow_nan=False)
     return hashlib.sha256(s.encode()).hexdigest()[:16]
 
-# %% ../nbs/05_reproduce.ipynb #e91c296f
+# %% ../nbs/05_reproduce.ipynb #d3540fb5
 @dataclass
 class Row:
     "One table row, expanded for a profile."
@@ -245,7 +245,7 @@ def expand_table(table, profile, configs_root=None, check=True) -> list:
                 _need(not diff, f"table {table} row {r.name}: same_as {r.run_table}/{r.run_row} but the configs differ in {diff} (profile {profile})")
     return rows
 
-# %% ../nbs/05_reproduce.ipynb #1bbdec47
+# %% ../nbs/05_reproduce.ipynb #6c7a5ce6
 @dataclass
 class Job:
     "One run of the experiment notebook: a row and a seed."
@@ -333,7 +333,7 @@ def job_state(job) -> tuple:
     if (out/'checkpoint.pt').exists(): return 'started', f"{out/'checkpoint.pt'} but no metrics.json: running now, or interrupted (a rerun resumes it)"
     return 'missing', ''
 
-# %% ../nbs/05_reproduce.ipynb #5be5087b
+# %% ../nbs/05_reproduce.ipynb #ea4d6418
 def _atomic_write_text(path, text):
     "Write via a temp file in the same folder + os.replace: readers never see half a file."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
@@ -363,7 +363,7 @@ def fake_metrics(job, top1=50.0, class_counts=(100, 40, 10, 4), epochs=2, seed_n
     _atomic_write_text(Path(job.out_dir)/'metrics.json', json.dumps(rec))
     return rec
 
-# %% ../nbs/05_reproduce.ipynb #f2bfe61c
+# %% ../nbs/05_reproduce.ipynb #fc4b1e23
 def experiment_notebook() -> Path:
     p = project_root()/'nbs'/'experiments'/'train.ipynb'
     if not p.is_file(): raise FileNotFoundError(f"{p} not found: run ltpaper from a checkout of the repository (pip install -e .)")
@@ -441,9 +441,19 @@ def run_job(job, notebook=None, kernel_name='python3') -> dict:
         _atomic_write_text(out/'error.json', json.dumps(info, indent=1))
         return dict(base, state='failed', seconds=time.time() - t0, error=err)
 
-# %% ../nbs/05_reproduce.ipynb #444d9146
-def _gpu_worker_init(gpu):
+# %% ../nbs/05_reproduce.ipynb #b8ed5079
+def _exit_with_parent(ppid, period=1.0):
+    "A worker whose `ltpaper reproduce` died (SIGTERM/SIGKILL) exits too; its kernel follows (ipykernel polls its parent)."
+    while True:
+        time.sleep(period)
+        if os.getppid() != ppid: os._exit(1)
+
+def _gpu_worker_init(gpu, parent=None):
     if gpu is not None: os.environ['CUDA_VISIBLE_DEVICES'] = str(gpu)   # None: a CPU slot (--jobs)
+    if parent is not None:        # the parent's pid comes from the parent: it may die before this runs
+        if os.getppid() != parent: os._exit(1)
+        import threading
+        threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
 
 def _failed(job, err, executed=None) -> dict:
     "Record a failure that happened outside the notebook (a crashed worker, a Slurm error)."
@@ -458,7 +468,7 @@ def _run_on_gpus(jobs, gpus, bar) -> list:
     for j in jobs: q.put(j)
     ctx = mp.get_context('spawn')
     def worker(gpu):
-        pool = cf.ProcessPoolExecutor(1, mp_context=ctx, initializer=_gpu_worker_init, initargs=(gpu,))
+        pool = cf.ProcessPoolExecutor(1, mp_context=ctx, initializer=_gpu_worker_init, initargs=(gpu, os.getpid()))
         try:
             while True:
                 try: j = q.get_nowait()
@@ -467,7 +477,7 @@ def _run_on_gpus(jobs, gpus, bar) -> list:
                 except Exception as ex:   # the worker process died: record it, start a fresh one
                     res = _failed(j, f"worker for {'GPU ' + str(gpu) if gpu is not None else 'a CPU slot'} crashed: {_one_line(ex)}")
                     pool.shutdown(cancel_futures=True)
-                    pool = cf.ProcessPoolExecutor(1, mp_context=ctx, initializer=_gpu_worker_init, initargs=(gpu,))
+                    pool = cf.ProcessPoolExecutor(1, mp_context=ctx, initializer=_gpu_worker_init, initargs=(gpu, os.getpid()))
                 res['gpu'] = gpu
                 with lock:
                     results.append(res); bar.set_postfix_str(f"{j.row} seed{j.seed}" + (f" gpu{gpu}" if gpu is not None else '')); bar.update(1)
@@ -509,7 +519,7 @@ def execute_jobs(jobs, gpus=None, launcher='local', slurm=None, folder=None, pro
             results.append(run_job(j)); bar.update(1)
         return results
 
-# %% ../nbs/05_reproduce.ipynb #f1db7894
+# %% ../nbs/05_reproduce.ipynb #c1364b63
 def render(table, profile, results_root=None, seeds=None, tables_root=None, figures_root=None) -> Path:
     "Execute nbs/paper/<table>.ipynb for these results; return the executed notebook's path."
     import papermill as pm
@@ -550,7 +560,7 @@ def reproduce(table, profile=None, rows=None, seeds=None, device=None, gpus=None
                                executed=str(roots['results']/'executed'/'paper'/f'{table}.ipynb')))
     return dict(table=table, profile=profile, jobs=jobs, ran=results, skipped=skipped, failed=failed, rendered=rendered, roots=roots)
 
-# %% ../nbs/05_reproduce.ipynb #84981a39
+# %% ../nbs/05_reproduce.ipynb #e57da2f1
 class _Parser(argparse.ArgumentParser):
     "argparse with one-line errors (exit 2)."
     def error(self, message):
@@ -665,7 +675,7 @@ def cli_status(argv=None) -> int:
     print(f"{ns.table} (profile {r['profile']}, {root}): " + ', '.join(f"{n} {s}" for s, n in sorted(counts.items())))
     return 0
 
-# %% ../nbs/05_reproduce.ipynb #1178c2b4
+# %% ../nbs/05_reproduce.ipynb #4046b50e
 @dataclass
 class Results:
     "The runs of one table under one profile, as read from disk."
@@ -732,7 +742,7 @@ def view_rows(res, view) -> list:
 
 def _label(view, row): return (view.get('labels') or {}).get(row.method, row.label)
 
-# %% ../nbs/05_reproduce.ipynb #104fa73e
+# %% ../nbs/05_reproduce.ipynb #a9ea23d0
 _PAPER_METRIC = dict(overall='top1_overall', Many='top1_many', Medium='top1_medium', Few='top1_few', Rare='top1_rare')
 
 def reported_results(configs_root=None):
@@ -816,7 +826,7 @@ def format_view(summary, view):
     if view['kind'] == 'overall': df.columns = pd.MultiIndex.from_tuples(col_order, names=['dataset', 'imbalance factor'])
     return df
 
-# %% ../nbs/05_reproduce.ipynb #f2c59208
+# %% ../nbs/05_reproduce.ipynb #4506d300
 def _flat(df):
     "Header (list of str) and body (list of lists of str) with repeated index values blanked."
     cols = [' '.join(str(x) for x in c) if isinstance(c, tuple) else str(c) for c in df.columns]
@@ -886,7 +896,7 @@ def write_table(res, view, accuracy='last', configs_root=None) -> dict:
     _atomic_write_text(paths[2], summary.to_csv(index=False, float_format='%.4f'))
     return dict(table=shown, summary=summary, paths=paths, caption=cap, notes=notes)
 
-# %% ../nbs/05_reproduce.ipynb #8db0cb01
+# %% ../nbs/05_reproduce.ipynb #14b533d2
 def _figure_runs(res, view, imbalance_factor=None):
     "The view's runs at one imbalance factor: the one asked for, else the view's, else its `figure_imbalance_factor`"
     "when that has runs, else the one with most runs; (runs with their view labels, the IF)."

@@ -238,3 +238,23 @@ def test_truncated_metrics_reported_corrupt_and_rerun(killed_table):
         code, out, _ = cli(cli_reproduce, _args(rr, '--no-render', '--rows', 'softmax-if100,seesaw-if100'))
     assert code == 0 and ran == ['softmax-if100'] and f'{m} is corrupt' in out and 'rerunning' in out, out
     assert R.read_metrics(m)['status'] == 'complete'
+
+
+def test_killed_reproduce_leaves_no_worker_behind(tmp_path):
+    "SIGKILL of `ltpaper reproduce --jobs 2`: its worker processes notice and exit (their kernels follow)."
+    import signal, subprocess, sys, time
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    p = subprocess.Popen([sys.executable, '-m', 'ltpaper.cli', 'reproduce', 'fmnist_lt', '--profile', 'smoke', '--jobs', '2',
+                          '--rows', 'softmax-if100,focal-if100', '--seeds', '0', '--no-render', '--results-root', str(tmp_path)],
+                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kids, t0 = [], time.time()
+    while time.time() - t0 < 60 and len(kids) < 2:
+        time.sleep(0.5)
+        kids = [int(x) for x in subprocess.run(['pgrep', '-P', str(p.pid)], capture_output=True, text=True).stdout.split()]
+    assert len(kids) >= 2, 'the two workers never started'
+    p.send_signal(signal.SIGKILL); p.wait()
+    t0 = time.time()
+    while time.time() - t0 < 15 and any(os.path.exists(f'/proc/{k}') and open(f'/proc/{k}/stat').read().split()[2] != 'Z' for k in kids):
+        time.sleep(0.5)
+    alive = [k for k in kids if os.path.exists(f'/proc/{k}') and open(f'/proc/{k}/stat').read().split()[2] != 'Z']
+    assert not alive, f'workers still running after their reproduce was killed: {alive}'
