@@ -6,13 +6,13 @@
 __all__ = ['ESTIMATORS', 'gradient_norm', 'fine_cell', 'block_stats', 'density_weights', 'all_gather_cat', 'all_reduce_sum',
            'class_bincount', 'rank_within_class', 'WindowHistogram', 'BankHistogram', 'EMAHistogram']
 
-# %% ../nbs/01_binning.ipynb #12a1e8d7
+# %% ../nbs/01_binning.ipynb #6b04c54e
 import math
 import torch
 import torch.nn as nn
 import torch.distributed as dist
 
-# %% ../nbs/01_binning.ipynb #2c2ec33c
+# %% ../nbs/01_binning.ipynb #fdc49edb
 def gradient_norm(logits, target, mode='softmax'):
     "g = 1 - p_y (softmax) or 1 - sigmoid(z_y) (sigmoid); detached, in [0, 1)."
     with torch.no_grad():
@@ -27,7 +27,7 @@ def fine_cell(g, n_cells):
     "Index of the fine cell holding each g (cells of width 1/n_cells on [0, 1))."
     return (g * n_cells).long().clamp_(0, n_cells - 1)
 
-# %% ../nbs/01_binning.ipynb #f376ccb7
+# %% ../nbs/01_binning.ipynb #69379045
 def block_stats(rows, cell, bins, depth=0, tau=float('inf'), row_index=None):
     "Per sample: (mass of its final block, level of that block, total width Z of its category's non-empty blocks)."
     # rows: (R, bins*2**depth) histograms; row_index (B,) picks each sample's row (default: row i for sample i)
@@ -65,7 +65,7 @@ def density_weights(rows, cell, bins, depth=0, tau=None, normalization='decouple
         return w / w.mean()
     raise ValueError(f"unknown normalization {normalization!r}: use 'decoupled' or 'raw'")
 
-# %% ../nbs/01_binning.ipynb #85ba9611
+# %% ../nbs/01_binning.ipynb #156e5e20
 def _distributed():
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
@@ -102,16 +102,17 @@ def rank_within_class(target, k):
     rank[order] = torch.arange(len(target), device=target.device) - start[target[order]]
     return rank
 
-# %% ../nbs/01_binning.ipynb #6f4af8be
+# %% ../nbs/01_binning.ipynb #7dc53bbf
 class _SlotHistogram(nn.Module):
     "Histogram of the cells stored in slots; a slot write removes the old cell and adds the new one."
     def _write(self, target, cell, pos, keep):
         n = self.hist.shape[1]
-        old = self.cells[pos]
+        old, old_cls = self.cells[pos], self.slot_class[pos]     # a slot remembers its class (a bank index may change class)
         flat = self.hist.view(-1)
-        flat.index_add_(0, target * n + old.clamp(min=0), -((old >= 0) & keep).to(flat.dtype))
+        flat.index_add_(0, old_cls.clamp(min=0) * n + old.clamp(min=0), -((old >= 0) & keep).to(flat.dtype))
         flat.index_add_(0, target * n + cell, keep.to(flat.dtype))
         self.cells[pos] = torch.where(keep, cell, torch.full_like(cell, -1))
+        self.slot_class[pos] = torch.where(keep, target, torch.full_like(target, -1))
 
 class WindowHistogram(_SlotHistogram):
     "Each category's histogram over its last max(n_c, 1) samples: ring buffers in one flat tensor."
@@ -122,6 +123,7 @@ class WindowHistogram(_SlotHistogram):
         self.register_buffer('offset', cap.cumsum(0) - cap)
         self.register_buffer('ptr', torch.zeros_like(cap))
         self.register_buffer('cells', torch.full((int(cap.sum()) + 1,), -1, dtype=torch.long))  # last slot: discard
+        self.register_buffer('slot_class', torch.full_like(self.cells, -1))
         self.register_buffer('hist', torch.zeros(len(cap), n_cells))
         self.register_buffer('overflow', torch.full((0,), -1, dtype=torch.long))  # batch samples beyond a window, counted for one step
 
@@ -154,6 +156,7 @@ class BankHistogram(_SlotHistogram):
         super().__init__()
         C = len(class_counts)
         self.register_buffer('cells', torch.full((int(torch.as_tensor(class_counts).sum()) + 1,), -1, dtype=torch.long))
+        self.register_buffer('slot_class', torch.full_like(self.cells, -1))
         self.register_buffer('hist', torch.zeros(C, n_cells))
 
     @torch.no_grad()
