@@ -15,6 +15,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                  'ltpaper.binning.WindowHistogram.update': ('binning.html#windowhistogram.update', 'ltpaper/binning.py'),
                                  'ltpaper.binning._SlotHistogram': ('binning.html#_slothistogram', 'ltpaper/binning.py'),
                                  'ltpaper.binning._SlotHistogram._write': ('binning.html#_slothistogram._write', 'ltpaper/binning.py'),
+                                 'ltpaper.binning._child_width': ('binning.html#_child_width', 'ltpaper/binning.py'),
                                  'ltpaper.binning._distributed': ('binning.html#_distributed', 'ltpaper/binning.py'),
                                  'ltpaper.binning.all_gather_cat': ('binning.html#all_gather_cat', 'ltpaper/binning.py'),
                                  'ltpaper.binning.all_reduce_sum': ('binning.html#all_reduce_sum', 'ltpaper/binning.py'),

@@ -6,13 +6,13 @@
 __all__ = ['ESTIMATORS', 'gradient_norm', 'fine_cell', 'block_stats', 'density_weights', 'all_gather_cat', 'all_reduce_sum',
            'class_bincount', 'rank_within_class', 'WindowHistogram', 'BankHistogram', 'EMAHistogram']
 
-# %% ../nbs/01_binning.ipynb #6b04c54e
+# %% ../nbs/01_binning.ipynb #ce23c92b
 import math
 import torch
 import torch.nn as nn
 import torch.distributed as dist
 
-# %% ../nbs/01_binning.ipynb #fdc49edb
+# %% ../nbs/01_binning.ipynb #137c7e64
 def gradient_norm(logits, target, mode='softmax'):
     "g = 1 - p_y (softmax) or 1 - sigmoid(z_y) (sigmoid); detached, in [0, 1)."
     with torch.no_grad():
@@ -27,24 +27,38 @@ def fine_cell(g, n_cells):
     "Index of the fine cell holding each g (cells of width 1/n_cells on [0, 1))."
     return (g * n_cells).long().clamp_(0, n_cells - 1)
 
-# %% ../nbs/01_binning.ipynb #69379045
+# %% ../nbs/01_binning.ipynb #6559c177
+_CHILD_WIDTH = {}
+def _child_width(bins, depth, device, dtype):
+    "Width, in fine cells, of each child of the blocks of levels 0..depth-1 (cached: a constant of (bins, depth))."
+    key = (bins, depth, str(device), dtype)
+    if key not in _CHILD_WIDTH:
+        _CHILD_WIDTH[key] = torch.cat([torch.full((bins * 2 ** l,), 2.0 ** (depth - l - 1), dtype=dtype) for l in range(depth)]).to(device)
+    return _CHILD_WIDTH[key]
+
 def block_stats(rows, cell, bins, depth=0, tau=float('inf'), row_index=None):
     "Per sample: (mass of its final block, level of that block, total width Z of its category's non-empty blocks)."
     # rows: (R, bins*2**depth) histograms; row_index (B,) picks each sample's row (default: row i for sample i)
     R = rows.shape[0]
     tot = rows.sum(1)                                               # (R,)
     masses = [rows]
-    for _ in range(depth): masses.append(masses[-1].view(R, -1, 2).sum(-1))
-    masses = masses[::-1]                                           # level 0 (base bins) .. depth (fine cells)
+    for _ in range(depth): masses.append(masses[-1][:, 0::2] + masses[-1][:, 1::2])   # (a strided add: sum(-1) over pairs is slow on CPU)
+    M = torch.cat(masses[::-1], 1) if depth else rows               # (R, T) every block of every level, level 0 first
     thr = (tau * tot)[:, None]                                      # (R, 1) a block is dense when its mass > tau * total
-    # Z = width of the non-empty base bins, minus, for every dense block, the width of its empty children
-    Z = torch.count_nonzero(masses[0], 1).to(rows.dtype) / bins
-    for l in range(depth):                                          # a loop over levels, not over bins
-        dense = masses[l] > thr                                     # (R, n_l)
-        empty_children = (masses[l + 1].view(R, -1, 2) == 0) & dense[..., None]
-        Z -= torch.count_nonzero(empty_children.view(R, -1), 1).to(rows.dtype) * (2.0 ** -(l + 1) / bins)
+    # Z = width of the non-empty base bins, minus, for every dense block, the width of its empty children; widths in
+    # fine-cell units (integers, so the matmul is exact in float32). Blocks of levels 0..d-1 are the parents of the
+    # blocks of levels 1..d, in order, two children each: no index tensors needed.
+    Z = torch.count_nonzero(M[:, :bins], 1).to(rows.dtype) * 2.0 ** depth
+    if depth:
+        P = M.shape[1] - bins * 2 ** depth                          # parent blocks (levels 0..d-1)
+        dense, child, w = M[:, :P] > thr, M[:, bins:], _child_width(bins, depth, rows.device, rows.dtype)
+        Z = Z - ((child[:, 0::2] == 0) & dense).to(rows.dtype) @ w - ((child[:, 1::2] == 0) & dense).to(rows.dtype) @ w
+    Z = Z / (bins * 2 ** depth)
     ri = torch.arange(len(cell), device=cell.device) if row_index is None else row_index
-    path = torch.stack([m[ri, cell >> (depth - l)] for l, m in enumerate(masses)], 1)   # (B, depth+1)
+    levels = torch.arange(depth + 1, device=cell.device)
+    offsets = bins * (2 ** levels - 1)                              # start of each level in M
+    flat = (ri * M.shape[1])[:, None] + offsets[None, :] + (cell[:, None] >> (depth - levels)[None, :])
+    path = M.reshape(-1)[flat]                                      # (B, depth+1) masses on each sample's path
     level = (path > thr[ri]).long().cumprod(1).sum(1).clamp_(max=depth)  # first non-dense level on the path
     mass = path.gather(1, level[:, None]).squeeze(1)
     return mass, level, Z[ri]
@@ -65,7 +79,7 @@ def density_weights(rows, cell, bins, depth=0, tau=None, normalization='decouple
         return w / w.mean()
     raise ValueError(f"unknown normalization {normalization!r}: use 'decoupled' or 'raw'")
 
-# %% ../nbs/01_binning.ipynb #156e5e20
+# %% ../nbs/01_binning.ipynb #d123a93e
 def _distributed():
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
@@ -102,7 +116,7 @@ def rank_within_class(target, k):
     rank[order] = torch.arange(len(target), device=target.device) - start[target[order]]
     return rank
 
-# %% ../nbs/01_binning.ipynb #7dc53bbf
+# %% ../nbs/01_binning.ipynb #df45c6b4
 class _SlotHistogram(nn.Module):
     "Histogram of the cells stored in slots; a slot write removes the old cell and adds the new one."
     def _write(self, target, cell, pos, keep):

@@ -8,7 +8,7 @@ __all__ = ['BINNINGS', 'G_MODES', 'MARGIN_SOURCES', 'LOSSES', 'TABLE3_ROWS', 'LT
            'GHMLoss', 'eql_logits', 'EqualizationLoss', 'margin_logits', 'seesaw_logits', 'SeesawLoss', 'LDAMLoss',
            'LogitAdjustmentLoss', 'BalancedSoftmaxLoss', 'OursLoss', 'loss_hparams', 'build_loss']
 
-# %% ../nbs/00_losses.ipynb #676a97d9
+# %% ../nbs/00_losses.ipynb #4febb280
 import inspect, math
 import torch
 import torch.nn as nn
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from .binning import (ESTIMATORS, gradient_norm, fine_cell, density_weights, all_gather_cat,
                              all_reduce_sum, class_bincount)
 
-# %% ../nbs/00_losses.ipynb #8197eb29
+# %% ../nbs/00_losses.ipynb #00bcd0d6
 def _as_counts(class_counts):
     try: c = torch.as_tensor(class_counts, dtype=torch.float64)
     except Exception: raise ValueError(f"class_counts must be a sequence or tensor of per-class training counts, got {type(class_counts).__name__}")
@@ -53,7 +53,7 @@ class LTLoss(nn.Module):
         z = logits if logits.dtype == torch.float64 else logits.float()
         return z, target.long()
 
-# %% ../nbs/00_losses.ipynb #11b7bbb3
+# %% ../nbs/00_losses.ipynb #4b5f1a15
 def softmax_loss(logits, target):
     "Eq. softmax CE, mean over the batch."
     return F.cross_entropy(logits, target)
@@ -64,7 +64,7 @@ class SoftmaxLoss(LTLoss):
         z, y = self.check_inputs(logits, target)
         return softmax_loss(z, y)
 
-# %% ../nbs/00_losses.ipynb #44c85aba
+# %% ../nbs/00_losses.ipynb #71f6e2d6
 def weighted_ce(logits, target, class_weight):
     "Weighted-mean CE: sum_i w_{y_i} CE_i / sum_i w_{y_i}."
     return F.cross_entropy(logits, target, weight=class_weight.to(logits.dtype))
@@ -91,7 +91,7 @@ class EffectiveNumberLoss(LTLoss):
         z, y = self.check_inputs(logits, target)
         return weighted_ce(z, y, self.class_weight)
 
-# %% ../nbs/00_losses.ipynb #d7ffe28d
+# %% ../nbs/00_losses.ipynb #411283ae
 def focal_loss(logits, target, gamma=1.0):
     "Softmax focal loss, mean over the batch."
     ce = F.cross_entropy(logits, target, reduction='none')
@@ -107,7 +107,7 @@ class FocalLoss(LTLoss):
         z, y = self.check_inputs(logits, target)
         return focal_loss(z, y, self.gamma)
 
-# %% ../nbs/00_losses.ipynb #b07d400f
+# %% ../nbs/00_losses.ipynb #cc546493
 def ghm_c_weights(g, acc_sum, bins, momentum):
     "Per-element GHM-C weights and the updated EMA bin counts (acc_sum)."
     idx = (g * (bins - 1e-6)).long().clamp_(0, bins - 1)          # edges j/M, last edge + 1e-6 (mmdet)
@@ -137,7 +137,7 @@ class GHMLoss(LTLoss):
         bce = F.binary_cross_entropy_with_logits(z, onehot, reduction='none')
         return (w * bce).sum() / z.numel()
 
-# %% ../nbs/00_losses.ipynb #6edd77f9
+# %% ../nbs/00_losses.ipynb #9b172cd3
 def eql_logits(logits, target, tail_mask, drop):
     "Softmax-EQL logits: tail negatives whose Bernoulli draw fired get -inf."
     onehot = F.one_hot(target, logits.shape[1]).bool()
@@ -157,11 +157,11 @@ class EqualizationLoss(LTLoss):
         drop = torch.rand(z.shape, device=z.device) < self.drop_prob
         return F.cross_entropy(eql_logits(z, y, self.tail_mask, drop), y)
 
-# %% ../nbs/00_losses.ipynb #a90eb8cf
+# %% ../nbs/00_losses.ipynb #72b66ba4
 def margin_logits(logits, target, log_s, gamma):
     "z + gamma * min(0, log S_n - log S_{y_i}): one-sided logit margins, a (B, C) tensor."
-    m = (log_s[None, :] - log_s[target][:, None]).clamp_(max=0).mul_(gamma)   # (B, C) constant: built in place
-    return logits + m
+    m = (log_s[None, :] - log_s[target][:, None]).clamp_(max=0)   # (B, C) constant: built in place
+    return torch.add(logits, m, alpha=gamma)                       # one fused pass for z + gamma * m
 
 def seesaw_logits(logits, target, cum_counts, p=0.8, q=2.0, eps=1e-2):
     "Seesaw-adjusted logits (mitigation from cumulative counts, compensation from detached scores)."
@@ -188,7 +188,7 @@ class SeesawLoss(LTLoss):
         self.cum_counts += all_reduce_sum(class_bincount(y, self.num_classes))
         return F.cross_entropy(seesaw_logits(z, y, self.cum_counts, self.p, self.q, self.eps), y)
 
-# %% ../nbs/00_losses.ipynb #35be2ea2
+# %% ../nbs/00_losses.ipynb #aff387df
 class LDAMLoss(LTLoss):
     "Label-distribution-aware margin loss (plain linear head)."
     def __init__(self, class_counts, max_m=0.5, s=30.0):
@@ -219,7 +219,7 @@ class BalancedSoftmaxLoss(LTLoss):
         z, y = self.check_inputs(logits, target)
         return F.cross_entropy(z + self.counts1.log().to(z.dtype), y)
 
-# %% ../nbs/00_losses.ipynb #78b4c6b3
+# %% ../nbs/00_losses.ipynb #d90ea213
 BINNINGS = ('ura', 'aura', 'power')
 G_MODES = dict(adjusted='softmax', raw='softmax', sigmoid='sigmoid')
 MARGIN_SOURCES = ('static', 'cumulative', 'density_sample', 'density_hist')
@@ -282,7 +282,7 @@ class OursLoss(LTLoss):
         if ya.device.type == 'cpu' and not torch.compiler.is_compiling():
             uy, ri = torch.unique(ya, return_inverse=True)        # each class's row once (no sync on the CPU)
         else: uy, ri = ya, None                                    # accelerators: one row per sample, no host sync
-        rows = self.estimator.hist[uy]
+        rows = self.estimator.hist.index_select(0, uy)
         w = density_weights(rows, ca, self.bins, self.depth, self.tau, self.normalization,
                             self.widths if self.binning == 'power' else None, row_index=ri)
         w = w[off:off + len(y)]
@@ -321,7 +321,7 @@ class OursLoss(LTLoss):
         self.last_weights, self.last_g = w, (stats[0] if stats is not None else None)
         return (w * ce).mean()
 
-# %% ../nbs/00_losses.ipynb #43d3a878
+# %% ../nbs/00_losses.ipynb #e647158f
 LOSSES = dict(softmax=SoftmaxLoss, class_balanced=ClassBalancedLoss, effective_number=EffectiveNumberLoss,
               focal=FocalLoss, ghm=GHMLoss, equalization=EqualizationLoss, seesaw=SeesawLoss, ours=OursLoss,
               ldam=LDAMLoss, logit_adjustment=LogitAdjustmentLoss, balanced_softmax=BalancedSoftmaxLoss)
