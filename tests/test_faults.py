@@ -243,7 +243,8 @@ def test_truncated_metrics_reported_corrupt_and_rerun(killed_table):
 def test_killed_reproduce_leaves_no_worker_behind(tmp_path):
     "SIGKILL of `ltpaper reproduce --jobs 2`: its worker processes notice and exit (their kernels follow)."
     import signal, subprocess, sys, time
-    env = dict(os.environ, OMP_NUM_THREADS='1')
+    env = {k: v for k, v in os.environ.items() if not k.startswith('LTPAPER_')}   # the module's `faults` table env stays out
+    env['OMP_NUM_THREADS'] = '1'
     p = subprocess.Popen([sys.executable, '-m', 'ltpaper.cli', 'reproduce', 'fmnist_lt', '--profile', 'smoke', '--jobs', '2',
                           '--rows', 'softmax-if100,focal-if100', '--seeds', '0', '--no-render', '--results-root', str(tmp_path)],
                          env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / 'stderr.log', 'w'))
