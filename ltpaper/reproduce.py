@@ -13,7 +13,7 @@ __all__ = ['VIEW_KINDS', 'GROUPS', 'HASH_EXCLUDE', 'DATASET_NAMES', 'project_roo
            'plot_per_class', 'plot_groups', 'plot_curves', 'margin_matrix', 'plot_margins', 'save_figure',
            'write_figures']
 
-# %% ../nbs/05_reproduce.ipynb #4dc8e51e
+# %% ../nbs/05_reproduce.ipynb #96d94b5e
 import argparse, contextlib, fnmatch, hashlib, itertools, json, math, os, re, sys, tempfile, time, traceback, types, typing
 from dataclasses import MISSING, dataclass, fields as dc_fields
 from datetime import datetime, timezone
@@ -24,9 +24,9 @@ import yaml
 from .settings import PROFILES, get_settings
 
 # pandas, matplotlib, seaborn, papermill, submitit and torch are imported inside the functions that need them:
-# the CLI checks its arguments (and `ltpaper status` answers) without paying for those imports.
+# the CLI checks its arguments without paying for those imports (hashing a config imports ltpaper.losses, hence torch).
 
-# %% ../nbs/05_reproduce.ipynb #40a12e0f
+# %% ../nbs/05_reproduce.ipynb #26edc087
 _TOP_KEYS = {'table', 'title', 'base', 'seeds', 'methods', 'row_name', 'grid', 'defaults', 'profiles', 'views', 'notebook'}
 _GRID_KEYS = {'dataset', 'imbalance_factor', 'method', 'loss_params', 'train', 'same_as'}
 _METHOD_KEYS = {'label', 'loss', 'loss_params'}
@@ -90,7 +90,7 @@ def load_table(name, configs_root=None) -> dict:
     spec['seeds'] = seeds
     return spec
 
-# %% ../nbs/05_reproduce.ipynb #31781e5c
+# %% ../nbs/05_reproduce.ipynb #a6038577
 def _train_config_class():
     try: from ltpaper.train import TrainConfig
     except ImportError as e: raise ImportError(f"ltpaper.train is not importable ({e}); run nbdev-export") from e
@@ -159,7 +159,7 @@ def check_notebook_parameters(config_json, out_dir) -> dict:
     _need('out_dir' not in cfg, "config_json must not set out_dir: pass the out_dir parameter")
     return cfg
 
-# %% ../nbs/05_reproduce.ipynb #2712d9f5
+# %% ../nbs/05_reproduce.ipynb #9c0c0d0e
 def _norm(v):
     if isinstance(v, bool) or v is None or isinstance(v, str): return v
     if isinstance(v, float) and v.is_integer(): return int(v)
@@ -170,7 +170,12 @@ def _norm(v):
     return v
 
 def canonical_config(cfg: dict) -> dict:
-    "The part of a TrainConfig dict that decides the results, normalised for hashing."
+    "The part of a TrainConfig dict that decides the results, normalised for hashing (loss_params by effect)."
+    from ltpaper.losses import effective_hparams
+    cfg = dict(cfg)
+    if 'loss' in cfg:
+        try: cfg['loss_params'] = effective_hparams(cfg['loss'], cfg.get('loss_params'))
+        except (TypeError, ValueError): pass           # an unknown loss or parameter fails validation, not here
     return {k: _norm(v) for k, v in sorted(cfg.items()) if k not in HASH_EXCLUDE}
 
 def config_hash(cfg: dict) -> str:
@@ -178,7 +183,7 @@ def config_hash(cfg: dict) -> str:
     s = json.dumps(canonical_config(cfg), sort_keys=True, separators=(',', ':'), allow_nan=False)
     return hashlib.sha256(s.encode()).hexdigest()[:16]
 
-# %% ../nbs/05_reproduce.ipynb #d3540fb5
+# %% ../nbs/05_reproduce.ipynb #1b964911
 @dataclass
 class Row:
     "One table row, expanded for a profile."
@@ -245,7 +250,7 @@ def expand_table(table, profile, configs_root=None, check=True) -> list:
                 _need(not diff, f"table {table} row {r.name}: same_as {r.run_table}/{r.run_row} but the configs differ in {diff} (profile {profile})")
     return rows
 
-# %% ../nbs/05_reproduce.ipynb #6c7a5ce6
+# %% ../nbs/05_reproduce.ipynb #66500386
 @dataclass
 class Job:
     "One run of the experiment notebook: a row and a seed."
@@ -333,7 +338,7 @@ def job_state(job) -> tuple:
     if (out/'checkpoint.pt').exists(): return 'started', f"{out/'checkpoint.pt'} but no metrics.json: running now, or interrupted (a rerun resumes it)"
     return 'missing', ''
 
-# %% ../nbs/05_reproduce.ipynb #ea4d6418
+# %% ../nbs/05_reproduce.ipynb #5f306f20
 def _atomic_write_text(path, text):
     "Write via a temp file in the same folder + os.replace: readers never see half a file."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
@@ -363,7 +368,7 @@ def fake_metrics(job, top1=50.0, class_counts=(100, 40, 10, 4), epochs=2, seed_n
     _atomic_write_text(Path(job.out_dir)/'metrics.json', json.dumps(rec))
     return rec
 
-# %% ../nbs/05_reproduce.ipynb #fc4b1e23
+# %% ../nbs/05_reproduce.ipynb #d02892d5
 def experiment_notebook() -> Path:
     p = project_root()/'nbs'/'experiments'/'train.ipynb'
     if not p.is_file(): raise FileNotFoundError(f"{p} not found: run ltpaper from a checkout of the repository (pip install -e .)")
@@ -441,7 +446,7 @@ def run_job(job, notebook=None, kernel_name='python3') -> dict:
         _atomic_write_text(out/'error.json', json.dumps(info, indent=1))
         return dict(base, state='failed', seconds=time.time() - t0, error=err)
 
-# %% ../nbs/05_reproduce.ipynb #b8ed5079
+# %% ../nbs/05_reproduce.ipynb #b435e95e
 def _exit_with_parent(ppid, period=1.0):
     "A worker whose `ltpaper reproduce` died (SIGTERM/SIGKILL) exits too; its kernel follows (ipykernel polls its parent)."
     while True:
@@ -519,7 +524,7 @@ def execute_jobs(jobs, gpus=None, launcher='local', slurm=None, folder=None, pro
             results.append(run_job(j)); bar.update(1)
         return results
 
-# %% ../nbs/05_reproduce.ipynb #c1364b63
+# %% ../nbs/05_reproduce.ipynb #5f8c6c55
 def render(table, profile, results_root=None, seeds=None, tables_root=None, figures_root=None) -> Path:
     "Execute nbs/paper/<table>.ipynb for these results; return the executed notebook's path."
     import papermill as pm
@@ -560,7 +565,7 @@ def reproduce(table, profile=None, rows=None, seeds=None, device=None, gpus=None
                                executed=str(roots['results']/'executed'/'paper'/f'{table}.ipynb')))
     return dict(table=table, profile=profile, jobs=jobs, ran=results, skipped=skipped, failed=failed, rendered=rendered, roots=roots)
 
-# %% ../nbs/05_reproduce.ipynb #e57da2f1
+# %% ../nbs/05_reproduce.ipynb #affdfd78
 class _Parser(argparse.ArgumentParser):
     "argparse with one-line errors (exit 2)."
     def error(self, message):
@@ -675,7 +680,7 @@ def cli_status(argv=None) -> int:
     print(f"{ns.table} (profile {r['profile']}, {root}): " + ', '.join(f"{n} {s}" for s, n in sorted(counts.items())))
     return 0
 
-# %% ../nbs/05_reproduce.ipynb #4046b50e
+# %% ../nbs/05_reproduce.ipynb #6904276d
 @dataclass
 class Results:
     "The runs of one table under one profile, as read from disk."
@@ -742,7 +747,7 @@ def view_rows(res, view) -> list:
 
 def _label(view, row): return (view.get('labels') or {}).get(row.method, row.label)
 
-# %% ../nbs/05_reproduce.ipynb #a9ea23d0
+# %% ../nbs/05_reproduce.ipynb #4b4f9cc8
 _PAPER_METRIC = dict(overall='top1_overall', Many='top1_many', Medium='top1_medium', Few='top1_few', Rare='top1_rare')
 
 def reported_results(configs_root=None):
@@ -826,7 +831,7 @@ def format_view(summary, view):
     if view['kind'] == 'overall': df.columns = pd.MultiIndex.from_tuples(col_order, names=['dataset', 'imbalance factor'])
     return df
 
-# %% ../nbs/05_reproduce.ipynb #4506d300
+# %% ../nbs/05_reproduce.ipynb #851d327d
 def _flat(df):
     "Header (list of str) and body (list of lists of str) with repeated index values blanked."
     cols = [' '.join(str(x) for x in c) if isinstance(c, tuple) else str(c) for c in df.columns]
@@ -896,7 +901,7 @@ def write_table(res, view, accuracy='last', configs_root=None) -> dict:
     _atomic_write_text(paths[2], summary.to_csv(index=False, float_format='%.4f'))
     return dict(table=shown, summary=summary, paths=paths, caption=cap, notes=notes)
 
-# %% ../nbs/05_reproduce.ipynb #14b533d2
+# %% ../nbs/05_reproduce.ipynb #29a4ca1c
 def _figure_runs(res, view, imbalance_factor=None):
     "The view's runs at one imbalance factor: the one asked for, else the view's, else its `figure_imbalance_factor`"
     "when that has runs, else the one with most runs; (runs with their view labels, the IF)."

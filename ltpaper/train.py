@@ -7,7 +7,7 @@ __all__ = ['RUN_CONTROL_FIELDS', 'TrainConfig', 'config_hash', 'lr_at', 'limit_d
            'rng_state', 'set_rng_state', 'atomic_write', 'save_checkpoint', 'load_checkpoint', 'NonFiniteLossError',
            'WeightMonitor', 'train_one_epoch', 'train', 'train_parser', 'parse_train_args', 'cli_train']
 
-# %% ../nbs/04_train.ipynb #aabb3e62
+# %% ../nbs/04_train.ipynb #fe5f44d5
 import argparse, bisect, copy, hashlib, json, math, os, platform, random, socket, subprocess, sys, time, typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
@@ -22,11 +22,11 @@ from tqdm import tqdm
 
 import ltpaper
 from .data import DATASETS, build_dataset, class_groups, make_loader
-from .losses import LOSSES, build_loss
+from .losses import LOSSES, build_loss, effective_hparams, loss_hparams
 from .models import MODELS, build_model
 from .settings import get_settings, resolve_device
 
-# %% ../nbs/04_train.ipynb #d54f19df
+# %% ../nbs/04_train.ipynb #33b23686
 # fields that say where and how fast a run goes, not what it computes: left out of config_hash
 # (the same set as ltpaper.reproduce.HASH_EXCLUDE, so both sides hash a config alike)
 RUN_CONTROL_FIELDS = ('out_dir', 'data_root', 'device', 'resume', 'num_workers', 'threads', 'progress', 'keep_checkpoint')
@@ -143,20 +143,26 @@ def _canonical(v):
     if isinstance(v, (list, tuple)): return [_canonical(x) for x in v]
     return v
 
+def _effective_loss_params(d):
+    "loss_params as `effective_hparams`: the loss's defaults filled in, inert flags dropped (unknown loss: as given)."
+    try: return effective_hparams(d['loss'], d.get('loss_params'))
+    except (KeyError, TypeError, ValueError): return d.get('loss_params')
+
 def config_hash(config: TrainConfig|dict) -> str:
     "16 hex digits of the SHA-256 of the canonical JSON of the config, without `RUN_CONTROL_FIELDS`."
     d = asdict(config) if isinstance(config, TrainConfig) else dict(config)
+    if 'loss' in d: d['loss_params'] = _effective_loss_params(d)   # a changed loss default changes the hash of runs that use it
     d = {k: _canonical(v) for k, v in sorted(d.items()) if k not in RUN_CONTROL_FIELDS}
     return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(',', ':'), allow_nan=False).encode()).hexdigest()[:16]
 
-# %% ../nbs/04_train.ipynb #afb61de2
+# %% ../nbs/04_train.ipynb #6b56d03e
 def lr_at(epoch: int,  # 0-based epoch index
           config: TrainConfig) -> float:
     "Learning rate of an epoch: linear warm-up, then step decay at the milestones (LDAM-DRW `adjust_learning_rate`)."
     if epoch < config.warmup_epochs: return config.lr * (epoch + 1) / config.warmup_epochs
     return config.lr * ([1.0] + config.lr_decay)[bisect.bisect_right(config.milestones, epoch)]
 
-# %% ../nbs/04_train.ipynb #ab3fb8cb
+# %% ../nbs/04_train.ipynb #464f56c2
 def limit_dataset(ds, n: int,          # at most about this many images (0: no limit)
                   balanced: bool):     # True: n // K per class; False: in proportion to the class counts
     "A copy of `ds` restricted to about `n` images, class by class (first images in dataset order)."
@@ -179,7 +185,7 @@ def limit_dataset(ds, n: int,          # at most about this many images (0: no l
     view.targets = t[idx] if torch.is_tensor(ds.targets) else type(ds.targets)(np.asarray(ds.targets)[idx.numpy()])
     return view
 
-# %% ../nbs/04_train.ipynb #034c32d5
+# %% ../nbs/04_train.ipynb #6ee51915
 def _pct(x) -> float|None:
     x = float(x)
     return None if math.isnan(x) else 100.0 * x
@@ -218,7 +224,7 @@ def evaluate(model: nn.Module, loader, targets: torch.Tensor, num_classes: int, 
     model.train(was_training)
     return accuracy_record(hit, targets, num_classes, groups)
 
-# %% ../nbs/04_train.ipynb #bf6a2be5
+# %% ../nbs/04_train.ipynb #1fe18a5b
 def rng_state() -> dict:
     "The process's RNG states as tensors and plain values (loadable with weights_only=True)."
     kind, key, pos, has_gauss, cached = np.random.get_state()
@@ -260,7 +266,7 @@ def load_checkpoint(path: Path, map_location='cpu') -> dict:
         msg = ' '.join(str(e).split())[:200]
         raise ValueError(f"{path} is corrupt ({type(e).__name__}: {msg}); delete it, or rerun without resume (`ltpaper reproduce --force`)") from None
 
-# %% ../nbs/04_train.ipynb #ffda37be
+# %% ../nbs/04_train.ipynb #735c2bc1
 class NonFiniteLossError(RuntimeError):
     "The training loss became NaN or infinite; the message names epoch and step, the last good checkpoint is kept."
 
@@ -294,7 +300,7 @@ def _git_info():
 
 def _now() -> str: return datetime.now(timezone.utc).isoformat(timespec='seconds')
 
-# %% ../nbs/04_train.ipynb #bc3a83f2
+# %% ../nbs/04_train.ipynb #6b3bcdf3
 _SYNC_EVERY_CUDA = 25  # steps between host checks of the loss on CUDA
 
 class WeightMonitor:
@@ -481,7 +487,8 @@ def _train(c: TrainConfig, device: torch.device, rank: int, world: int) -> dict:
     ebar.close()
 
     commit, dirty = _git_info()
-    metrics = dict(schema=1, config=asdict(c), config_hash=h, status='complete',
+    config = dict(asdict(c), loss_params={**loss_hparams(c.loss), **c.loss_params})   # every loss hyperparameter, defaults spelled out
+    metrics = dict(schema=1, config=config, config_hash=h, status='complete',
                    last=st['last'], best=st['best'], val=st['val'], history=st['history'],
                    class_counts=counts, num_train=len(train_set), num_test=len(test_set),
                    wall_time_s=st['wall_time_s'], images_per_s=st['images_seen'] / max(st['train_time_s'], 1e-9),
@@ -494,7 +501,7 @@ def _train(c: TrainConfig, device: torch.device, rank: int, world: int) -> dict:
         if not c.keep_checkpoint and ckpt_path.exists(): ckpt_path.unlink()
     return metrics
 
-# %% ../nbs/04_train.ipynb #7aa0dee9
+# %% ../nbs/04_train.ipynb #2bc6759a
 class _ArgError(Exception): pass
 
 class _Parser(argparse.ArgumentParser):
