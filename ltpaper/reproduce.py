@@ -13,7 +13,7 @@ __all__ = ['VIEW_KINDS', 'GROUPS', 'HASH_EXCLUDE', 'DATASET_NAMES', 'project_roo
            'plot_per_class', 'plot_groups', 'plot_curves', 'margin_matrix', 'plot_margins', 'save_figure',
            'write_figures']
 
-# %% ../nbs/05_reproduce.ipynb #96d94b5e
+# %% ../nbs/05_reproduce.ipynb #79af2e9e
 import argparse, contextlib, fnmatch, hashlib, itertools, json, math, os, re, sys, tempfile, time, traceback, types, typing
 from dataclasses import MISSING, dataclass, fields as dc_fields
 from datetime import datetime, timezone
@@ -26,7 +26,7 @@ from .settings import PROFILES, get_settings
 # pandas, matplotlib, seaborn, papermill, submitit and torch are imported inside the functions that need them:
 # the CLI checks its arguments without paying for those imports (hashing a config imports ltpaper.losses, hence torch).
 
-# %% ../nbs/05_reproduce.ipynb #26edc087
+# %% ../nbs/05_reproduce.ipynb #dbbd4e35
 _TOP_KEYS = {'table', 'title', 'base', 'seeds', 'methods', 'row_name', 'grid', 'defaults', 'profiles', 'views', 'notebook'}
 _GRID_KEYS = {'dataset', 'imbalance_factor', 'method', 'loss_params', 'train', 'same_as'}
 _METHOD_KEYS = {'label', 'loss', 'loss_params'}
@@ -90,7 +90,7 @@ def load_table(name, configs_root=None) -> dict:
     spec['seeds'] = seeds
     return spec
 
-# %% ../nbs/05_reproduce.ipynb #a6038577
+# %% ../nbs/05_reproduce.ipynb #3a7b5c33
 def _train_config_class():
     try: from ltpaper.train import TrainConfig
     except ImportError as e: raise ImportError(f"ltpaper.train is not importable ({e}); run nbdev-export") from e
@@ -159,7 +159,7 @@ def check_notebook_parameters(config_json, out_dir) -> dict:
     _need('out_dir' not in cfg, "config_json must not set out_dir: pass the out_dir parameter")
     return cfg
 
-# %% ../nbs/05_reproduce.ipynb #9c0c0d0e
+# %% ../nbs/05_reproduce.ipynb #133f0977
 def _norm(v):
     if isinstance(v, bool) or v is None or isinstance(v, str): return v
     if isinstance(v, float) and v.is_integer(): return int(v)
@@ -183,7 +183,7 @@ def config_hash(cfg: dict) -> str:
     s = json.dumps(canonical_config(cfg), sort_keys=True, separators=(',', ':'), allow_nan=False)
     return hashlib.sha256(s.encode()).hexdigest()[:16]
 
-# %% ../nbs/05_reproduce.ipynb #1b964911
+# %% ../nbs/05_reproduce.ipynb #f46fc8c4
 @dataclass
 class Row:
     "One table row, expanded for a profile."
@@ -250,7 +250,7 @@ def expand_table(table, profile, configs_root=None, check=True) -> list:
                 _need(not diff, f"table {table} row {r.name}: same_as {r.run_table}/{r.run_row} but the configs differ in {diff} (profile {profile})")
     return rows
 
-# %% ../nbs/05_reproduce.ipynb #66500386
+# %% ../nbs/05_reproduce.ipynb #a0099fd1
 @dataclass
 class Job:
     "One run of the experiment notebook: a row and a seed."
@@ -264,13 +264,13 @@ class Job:
     label: str = ''
 
 def output_roots(profile, results_root=None) -> dict:
-    "Where runs, tables and figures go: settings' roots; `results/smoke/...` for smoke; under DIR for --results-root."
+    "Where runs, tables and figures go: settings' roots for the default profile, `results/<profile>/` for any other (smoke too); DIR for --results-root."
     s = get_settings()
     if results_root:
         r = Path(results_root).resolve()
         return dict(results=r, tables=r/'tables', figures=r/'figures')
-    if profile == 'smoke':   # smoke results never mix with the committed ones
-        r = s.results_root/'smoke'
+    if profile == 'smoke' or profile != s.default_profile:   # two profiles never share a run folder (nor smoke the committed ones)
+        r = s.results_root/profile
         return dict(results=r, tables=r/'tables', figures=r/'figures')
     return dict(results=s.results_root, tables=s.tables_root, figures=s.figures_root)
 
@@ -338,7 +338,7 @@ def job_state(job) -> tuple:
     if (out/'checkpoint.pt').exists(): return 'started', f"{out/'checkpoint.pt'} but no metrics.json: running now, or interrupted (a rerun resumes it)"
     return 'missing', ''
 
-# %% ../nbs/05_reproduce.ipynb #5f306f20
+# %% ../nbs/05_reproduce.ipynb #4be15d3c
 def _atomic_write_text(path, text):
     "Write via a temp file in the same folder + os.replace: readers never see half a file."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
@@ -368,7 +368,7 @@ def fake_metrics(job, top1=50.0, class_counts=(100, 40, 10, 4), epochs=2, seed_n
     _atomic_write_text(Path(job.out_dir)/'metrics.json', json.dumps(rec))
     return rec
 
-# %% ../nbs/05_reproduce.ipynb #d02892d5
+# %% ../nbs/05_reproduce.ipynb #4b75d042
 def experiment_notebook() -> Path:
     p = project_root()/'nbs'/'experiments'/'train.ipynb'
     if not p.is_file(): raise FileNotFoundError(f"{p} not found: run ltpaper from a checkout of the repository (pip install -e .)")
@@ -446,7 +446,7 @@ def run_job(job, notebook=None, kernel_name='python3') -> dict:
         _atomic_write_text(out/'error.json', json.dumps(info, indent=1))
         return dict(base, state='failed', seconds=time.time() - t0, error=err)
 
-# %% ../nbs/05_reproduce.ipynb #b435e95e
+# %% ../nbs/05_reproduce.ipynb #aec481c3
 def _exit_with_parent(ppid, period=1.0):
     "A worker whose `ltpaper reproduce` died (SIGTERM/SIGKILL) exits too; its kernel follows (ipykernel polls its parent)."
     while True:
@@ -524,7 +524,7 @@ def execute_jobs(jobs, gpus=None, launcher='local', slurm=None, folder=None, pro
             results.append(run_job(j)); bar.update(1)
         return results
 
-# %% ../nbs/05_reproduce.ipynb #5f8c6c55
+# %% ../nbs/05_reproduce.ipynb #e59ab426
 def render(table, profile, results_root=None, seeds=None, tables_root=None, figures_root=None) -> Path:
     "Execute nbs/paper/<table>.ipynb for these results; return the executed notebook's path."
     import papermill as pm
@@ -565,7 +565,7 @@ def reproduce(table, profile=None, rows=None, seeds=None, device=None, gpus=None
                                executed=str(roots['results']/'executed'/'paper'/f'{table}.ipynb')))
     return dict(table=table, profile=profile, jobs=jobs, ran=results, skipped=skipped, failed=failed, rendered=rendered, roots=roots)
 
-# %% ../nbs/05_reproduce.ipynb #affdfd78
+# %% ../nbs/05_reproduce.ipynb #5ebe78b9
 class _Parser(argparse.ArgumentParser):
     "argparse with one-line errors (exit 2)."
     def error(self, message):
@@ -680,7 +680,7 @@ def cli_status(argv=None) -> int:
     print(f"{ns.table} (profile {r['profile']}, {root}): " + ', '.join(f"{n} {s}" for s, n in sorted(counts.items())))
     return 0
 
-# %% ../nbs/05_reproduce.ipynb #6904276d
+# %% ../nbs/05_reproduce.ipynb #f14e6c64
 @dataclass
 class Results:
     "The runs of one table under one profile, as read from disk."
@@ -747,7 +747,7 @@ def view_rows(res, view) -> list:
 
 def _label(view, row): return (view.get('labels') or {}).get(row.method, row.label)
 
-# %% ../nbs/05_reproduce.ipynb #4b4f9cc8
+# %% ../nbs/05_reproduce.ipynb #7e2c342d
 _PAPER_METRIC = dict(overall='top1_overall', Many='top1_many', Medium='top1_medium', Few='top1_few', Rare='top1_rare')
 
 def reported_results(configs_root=None):
@@ -831,7 +831,7 @@ def format_view(summary, view):
     if view['kind'] == 'overall': df.columns = pd.MultiIndex.from_tuples(col_order, names=['dataset', 'imbalance factor'])
     return df
 
-# %% ../nbs/05_reproduce.ipynb #851d327d
+# %% ../nbs/05_reproduce.ipynb #1f7e0b47
 def _flat(df):
     "Header (list of str) and body (list of lists of str) with repeated index values blanked."
     cols = [' '.join(str(x) for x in c) if isinstance(c, tuple) else str(c) for c in df.columns]
@@ -901,7 +901,7 @@ def write_table(res, view, accuracy='last', configs_root=None) -> dict:
     _atomic_write_text(paths[2], summary.to_csv(index=False, float_format='%.4f'))
     return dict(table=shown, summary=summary, paths=paths, caption=cap, notes=notes)
 
-# %% ../nbs/05_reproduce.ipynb #29a4ca1c
+# %% ../nbs/05_reproduce.ipynb #d66043a7
 def _figure_runs(res, view, imbalance_factor=None):
     "The view's runs at one imbalance factor: the one asked for, else the view's, else its `figure_imbalance_factor`"
     "when that has runs, else the one with most runs; (runs with their view labels, the IF)."

@@ -1,0 +1,132 @@
+"""The `paper` profile of fmnist_lt (ResNet-32, 200 epochs) on one GPU, for a lent machine without papermill.
+
+Plans the jobs exactly as `ltpaper reproduce fmnist_lt --profile paper` does (same TrainConfig, same config hash),
+trains them as parallel processes on the one GPU by calling `ltpaper.train.train` directly, and writes, flat into
+--out: each finished run's metrics.json (`fmnist_lt-<row>-seed<s>.metrics.json`, GPU name in its provenance),
+one log and a summary JSON (wall times, epochs done). A run still going at --deadline-s is stopped and reported
+as unfinished: there is no partial result. If time is left after the runs, the CUDA checks of the notebooks'
+gpu cells (benchmarks/gpu_cells.py) and a short loss-speed benchmark run too.
+
+Bring the results home with `python benchmarks/gpu_paper_runs.py --install DIR` (copies the metrics files to
+results/paper/runs/fmnist_lt/<row>/seed<s>/, where `ltpaper status fmnist_lt --profile paper` finds them).
+
+Usage:
+  python benchmarks/gpu_paper_runs.py --out DIR [--rows softmax-if100,seesaw-if100,ours-if100] [--seed 0]
+         [--deadline-s 420] [--data-root .fmnist] [--epochs N  (a trial on fewer epochs: NOT the paper profile)]
+  python benchmarks/gpu_paper_runs.py --install DIR
+"""
+import argparse, json, os, shutil, subprocess, sys, tempfile, time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+CHILD = ("import json, sys; from ltpaper.train import TrainConfig, train; "
+         "train(TrainConfig(**json.load(open(sys.argv[1]))))")
+
+def plan(rows, seed, results_root, device, data_root, epochs=None):
+    from ltpaper.reproduce import config_hash, plan_jobs
+    jobs = plan_jobs('fmnist_lt', 'paper', rows=rows, seeds=[seed], results_root=results_root, device=device)
+    for j in jobs:
+        j.config.update(data_root=str(data_root), progress=True, resume=False, num_workers=0)   # progress: one line per epoch in the log
+        if epochs:   # a trial: fewer epochs, milestones scaled (a different config hash: never installed as paper runs)
+            E = j.config['epochs']; j.config['epochs'] = epochs
+            j.config['milestones'] = sorted({max(1, min(epochs - 1, round(m * epochs / E))) for m in j.config['milestones']})[:len(j.config['lr_decay'])]
+            j.config['lr_decay'] = j.config['lr_decay'][:len(j.config['milestones'])]
+            j.config['warmup_epochs'] = min(j.config['warmup_epochs'], max(epochs - 1, 0))
+            j.config_hash = config_hash(j.config)
+    return jobs
+
+def run(ns):
+    import torch
+    out = Path(ns.out); out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    device = 'cuda' if gpu else 'cpu'
+    if ns.require_gpu and not gpu: sys.exit("gpu_paper_runs.py: no CUDA device visible; run it on a GPU machine (or pass --no-require-gpu for a CPU trial)")
+    work = Path(tempfile.mkdtemp(prefix='gpu_paper_'))
+    jobs = plan(ns.rows, ns.seed, work, device, Path(ns.data_root).resolve(), ns.epochs)
+    log = open(out/'gpu_paper_runs.log', 'w')
+    procs = []
+    for j in jobs:
+        cfgf = work/f'{j.row}.json'; cfgf.write_text(json.dumps(j.config))
+        env = dict(os.environ, OMP_NUM_THREADS=str(ns.threads), PYTHONUNBUFFERED='1', PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''))
+        lf = open(work/f'{j.row}.log', 'w')
+        procs.append((j, subprocess.Popen([sys.executable, '-c', CHILD, str(cfgf)], stdout=lf, stderr=subprocess.STDOUT, env=env), lf, time.time()))
+        print(f"started {j.row} seed{j.seed} [{j.config_hash}] epochs={j.config['epochs']} on {gpu or 'cpu'}", file=log, flush=True)
+    summary = dict(gpu=gpu, torch=torch.__version__, commit=ns.commit, rows=[], deadline_s=ns.deadline_s, trial_epochs=ns.epochs)
+    done = {}
+    while len(done) < len(procs):
+        for j, p, lf, ts in procs:
+            if j.row in done: continue
+            rc = p.poll()
+            if rc is None and time.time() - t0 > ns.deadline_s:
+                p.terminate()
+                try: p.wait(20)
+                except subprocess.TimeoutExpired: p.kill(); p.wait()
+                rc = 'deadline'
+            if rc is not None: done[j.row] = (rc, time.time() - ts)
+        time.sleep(2)
+    for j, p, lf, ts in procs:
+        lf.close(); rc, wall = done[j.row]
+        m = Path(j.out_dir)/'metrics.json'
+        text = (work/f'{j.row}.log').read_text()
+        log.write(f"\n===== {j.row} seed{j.seed}: rc={rc} wall={wall:.0f}s\n" + '\n'.join(text.splitlines()[-25:]) + '\n')
+        ep = sum(1 for line in text.splitlines() if line.startswith('epoch '))
+        row = dict(row=j.row, seed=j.seed, config_hash=j.config_hash, rc=rc, wall_s=round(wall, 1), finished=m.is_file(), epochs_done=ep)
+        if m.is_file():
+            rec = json.loads(m.read_text())
+            row.update(last_top1=rec['last']['top1'], val_last_top1=rec['val']['last_top1'], images_per_s=rec['images_per_s'],
+                       epochs=rec['config']['epochs'], device=rec['provenance']['device'])
+            shutil.copy(m, out/f'fmnist_lt-{j.row}-seed{j.seed}.metrics.json')
+        summary['rows'].append(row)
+    summary['runs_wall_s'] = round(time.time() - t0, 1)
+    print(json.dumps(summary, indent=1), file=log, flush=True)
+    # what time is left: the notebooks' CUDA checks, then a short loss-speed benchmark (after the runs: no contention)
+    for name, cmd, need in [('gpu_cells', [sys.executable, str(ROOT/'benchmarks'/'gpu_cells.py')], 40),
+                            ('loss_speed', [sys.executable, str(ROOT/'benchmarks'/'loss_speed.py'), '--device', 'cuda', '--classes', '1000,8142',
+                                            '--repeats', '20', '--out', str(out/'loss_speed_gpu.json')], 60)]:
+        left = ns.deadline_s + ns.extra_s - (time.time() - t0)
+        if not gpu or left < need: summary[name] = f'skipped ({left:.0f} s left)'; continue
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=left, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+            summary[name] = dict(rc=r.returncode, tail=(r.stdout + r.stderr)[-3000:])
+        except subprocess.TimeoutExpired: summary[name] = 'timed out'
+    summary['total_wall_s'] = round(time.time() - t0, 1)
+    (out/'gpu_paper_runs.json').write_text(json.dumps(summary, indent=1))
+    log.close()
+    print(json.dumps(summary, indent=1))
+    return summary
+
+def install(src):
+    "Copy fetched metrics files into results/paper/runs/fmnist_lt/<row>/seed<s>/metrics.json, checking their hashes."
+    from ltpaper.reproduce import config_hash, output_roots, run_dir
+    root = output_roots('paper')['results']
+    n = 0
+    for f in sorted(Path(src).glob('fmnist_lt-*-seed*.metrics.json')):
+        rec = json.loads(f.read_text())
+        row, seed = f.name[len('fmnist_lt-'):].rsplit('-seed', 1); seed = int(seed.split('.')[0])
+        want = [j for j in plan(row, seed, root, None, '.') if j.row == row][0]
+        if config_hash(rec['config']) != want.config_hash or rec['status'] != 'complete':
+            print(f"skip {f.name}: config {config_hash(rec['config'])} is not the paper profile's {want.config_hash} (a trial?)"); continue
+        dst = run_dir(root, 'fmnist_lt', row, seed); dst.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, dst/'metrics.json'); n += 1
+        print(f"installed {dst/'metrics.json'} ({rec['provenance']['device']}, last top-1 {rec['last']['top1']:.2f})")
+    print(f"{n} run(s) installed under {root}")
+
+if __name__ == '__main__':
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--out', help='folder for the metrics files, log and summary')
+    ap.add_argument('--rows', default='softmax-if100,seesaw-if100,ours-if100')
+    ap.add_argument('--seed', type=int, default=0)
+    ap.add_argument('--deadline-s', type=float, default=420, help='stop runs still going after this many seconds')
+    ap.add_argument('--extra-s', type=float, default=60, help='seconds after the deadline the optional checks may use')
+    ap.add_argument('--data-root', default='.fmnist', help='holds FashionMNIST/raw/*.gz (or Debian\'s package is installed)')
+    ap.add_argument('--threads', type=int, default=4, help='CPU threads per run')
+    ap.add_argument('--epochs', type=int, default=None, help='a trial with fewer epochs (not the paper profile)')
+    ap.add_argument('--commit', default=None, help='the git commit of this tree, recorded in the summary (the device copy has no .git)')
+    ap.add_argument('--no-require-gpu', dest='require_gpu', action='store_false')
+    ap.add_argument('--install', metavar='DIR', help='copy fetched metrics files from DIR into results/paper/runs')
+    ns = ap.parse_args()
+    if ns.install: install(ns.install)
+    elif ns.out: run(ns)
+    else: ap.error('give --out DIR (run) or --install DIR')
