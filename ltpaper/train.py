@@ -7,7 +7,7 @@ __all__ = ['RUN_CONTROL_FIELDS', 'TrainConfig', 'config_hash', 'lr_at', 'limit_d
            'rng_state', 'set_rng_state', 'atomic_write', 'save_checkpoint', 'load_checkpoint', 'NonFiniteLossError',
            'WeightMonitor', 'train_one_epoch', 'train', 'train_parser', 'parse_train_args', 'cli_train']
 
-# %% ../nbs/04_train.ipynb #fe5f44d5
+# %% ../nbs/04_train.ipynb #26e6d77a
 import argparse, bisect, copy, hashlib, json, math, os, platform, random, socket, subprocess, sys, time, typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from datetime import datetime, timezone
@@ -26,7 +26,7 @@ from .losses import LOSSES, build_loss, effective_hparams, loss_hparams
 from .models import MODELS, build_model
 from .settings import get_settings, resolve_device
 
-# %% ../nbs/04_train.ipynb #33b23686
+# %% ../nbs/04_train.ipynb #0d047ed7
 # fields that say where and how fast a run goes, not what it computes: left out of config_hash
 # (the same set as ltpaper.reproduce.HASH_EXCLUDE, so both sides hash a config alike)
 RUN_CONTROL_FIELDS = ('out_dir', 'data_root', 'device', 'resume', 'num_workers', 'threads', 'progress', 'keep_checkpoint')
@@ -155,14 +155,14 @@ def config_hash(config: TrainConfig|dict) -> str:
     d = {k: _canonical(v) for k, v in sorted(d.items()) if k not in RUN_CONTROL_FIELDS}
     return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(',', ':'), allow_nan=False).encode()).hexdigest()[:16]
 
-# %% ../nbs/04_train.ipynb #6b56d03e
+# %% ../nbs/04_train.ipynb #2efebec0
 def lr_at(epoch: int,  # 0-based epoch index
           config: TrainConfig) -> float:
     "Learning rate of an epoch: linear warm-up, then step decay at the milestones (LDAM-DRW `adjust_learning_rate`)."
     if epoch < config.warmup_epochs: return config.lr * (epoch + 1) / config.warmup_epochs
     return config.lr * ([1.0] + config.lr_decay)[bisect.bisect_right(config.milestones, epoch)]
 
-# %% ../nbs/04_train.ipynb #464f56c2
+# %% ../nbs/04_train.ipynb #849a7b9e
 def limit_dataset(ds, n: int,          # at most about this many images (0: no limit)
                   balanced: bool):     # True: n // K per class; False: in proportion to the class counts
     "A copy of `ds` restricted to about `n` images, class by class (first images in dataset order)."
@@ -185,7 +185,7 @@ def limit_dataset(ds, n: int,          # at most about this many images (0: no l
     view.targets = t[idx] if torch.is_tensor(ds.targets) else type(ds.targets)(np.asarray(ds.targets)[idx.numpy()])
     return view
 
-# %% ../nbs/04_train.ipynb #6ee51915
+# %% ../nbs/04_train.ipynb #900626a2
 def _pct(x) -> float|None:
     x = float(x)
     return None if math.isnan(x) else 100.0 * x
@@ -224,7 +224,7 @@ def evaluate(model: nn.Module, loader, targets: torch.Tensor, num_classes: int, 
     model.train(was_training)
     return accuracy_record(hit, targets, num_classes, groups)
 
-# %% ../nbs/04_train.ipynb #1fe18a5b
+# %% ../nbs/04_train.ipynb #abebd20d
 def rng_state() -> dict:
     "The process's RNG states as tensors and plain values (loadable with weights_only=True)."
     kind, key, pos, has_gauss, cached = np.random.get_state()
@@ -266,7 +266,7 @@ def load_checkpoint(path: Path, map_location='cpu') -> dict:
         msg = ' '.join(str(e).split())[:200]
         raise ValueError(f"{path} is corrupt ({type(e).__name__}: {msg}); delete it, or rerun without resume (`ltpaper reproduce --force`)") from None
 
-# %% ../nbs/04_train.ipynb #735c2bc1
+# %% ../nbs/04_train.ipynb #a02a15a7
 class NonFiniteLossError(RuntimeError):
     "The training loss became NaN or infinite; the message names epoch and step, the last good checkpoint is kept."
 
@@ -300,7 +300,7 @@ def _git_info():
 
 def _now() -> str: return datetime.now(timezone.utc).isoformat(timespec='seconds')
 
-# %% ../nbs/04_train.ipynb #6b3bcdf3
+# %% ../nbs/04_train.ipynb #ad5482b6
 _SYNC_EVERY_CUDA = 25  # steps between host checks of the loss on CUDA
 
 class WeightMonitor:
@@ -400,6 +400,7 @@ def _build_data(c: TrainConfig, rank: int, world: int, device):
 def _train(c: TrainConfig, device: torch.device, rank: int, world: int) -> dict:
     t_start, started = time.perf_counter(), _now()
     if device.type == 'cuda':
+        if device.index is None: device = torch.device('cuda', torch.cuda.current_device())   # set_device needs an index
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = not c.deterministic
         torch.backends.cudnn.deterministic = c.deterministic
@@ -501,7 +502,7 @@ def _train(c: TrainConfig, device: torch.device, rank: int, world: int) -> dict:
         if not c.keep_checkpoint and ckpt_path.exists(): ckpt_path.unlink()
     return metrics
 
-# %% ../nbs/04_train.ipynb #2bc6759a
+# %% ../nbs/04_train.ipynb #604b1add
 class _ArgError(Exception): pass
 
 class _Parser(argparse.ArgumentParser):
