@@ -105,7 +105,8 @@ def install(src):
     for f in sorted(Path(src).glob('fmnist_lt-*-seed*.metrics.json')):
         rec = json.loads(f.read_text())
         row, seed = f.name[len('fmnist_lt-'):].rsplit('-seed', 1); seed = int(seed.split('.')[0])
-        want = [j for j in plan(row, seed, root, None, '.') if j.row == row][0]
+        try: want = [j for j in plan(row, seed, root, None, '.') if j.row == row][0]
+        except (ValueError, IndexError): print(f"skip {f.name}: {row!r} is not a row of fmnist_lt"); continue
         if config_hash(rec['config']) != want.config_hash or rec['status'] != 'complete':
             print(f"skip {f.name}: config {config_hash(rec['config'])} is not the paper profile's {want.config_hash} (a trial?)"); continue
         dst = run_dir(root, 'fmnist_lt', row, seed); dst.mkdir(parents=True, exist_ok=True)

@@ -38,3 +38,42 @@ def test_loss_speed_runs_and_writes_ratios(tmp_path):
     names = {row['loss'] for row in res['rows']}
     assert {'cross_entropy', 'ours', 'seesaw', 'ghm'} <= names and all(row['ratio'] > 0 for row in res['rows'])
     assert out.with_suffix('.md').read_text().count('|') > 20
+
+GPR = ROOT / 'benchmarks' / 'gpu_paper_runs.py'
+
+def test_gpu_paper_runs_plans_the_paper_profile_exactly():
+    sys.path.insert(0, str(ROOT / 'benchmarks'))
+    import gpu_paper_runs as g
+    from ltpaper.reproduce import plan_jobs
+    from ltpaper.train import TrainConfig
+    rows = 'softmax-if100,seesaw-if100,ours-if100'
+    want = {j.row: j.config_hash for j in plan_jobs('fmnist_lt', 'paper', rows=rows, seeds=[0], results_root='/tmp/x')}
+    got = g.plan(rows, 0, '/tmp/x', 'cuda', '.fmnist')
+    assert {j.row: j.config_hash for j in got} == want and all(j.config['epochs'] == 200 and j.config['model'] == 'resnet32' for j in got)
+    trial = g.plan('ours-if100', 0, '/tmp/x', 'cpu', '.fmnist', epochs=3)[0]
+    assert trial.config_hash != want['ours-if100'] and trial.config['epochs'] == 3
+    TrainConfig(**{k: v for k, v in trial.config.items()})          # the trial's schedule is a valid TrainConfig
+
+def test_gpu_paper_runs_without_gpu_or_arguments_says_so():
+    import torch
+    r = subprocess.run([sys.executable, str(GPR)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and '--out DIR' in r.stderr
+    if not torch.cuda.is_available():
+        r = subprocess.run([sys.executable, str(GPR), '--out', '/tmp/never'], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+        assert r.returncode != 0 and 'no CUDA device' in r.stderr
+
+def test_gpu_paper_runs_install_takes_paper_runs_only(tmp_path):
+    src = tmp_path / 'fetched'; src.mkdir()
+    committed = sorted((ROOT / 'results' / 'paper' / 'runs' / 'fmnist_lt').glob('*/seed0/metrics.json'))
+    assert committed
+    for m in committed: (src / f"fmnist_lt-{m.parent.parent.name}-seed0.metrics.json").write_bytes(m.read_bytes())
+    rec = json.loads(committed[0].read_text()); rec['config']['epochs'] = 3          # a trial: another config
+    (src / 'fmnist_lt-focal-if100-seed0.metrics.json').write_text(json.dumps(rec))
+    (src / 'fmnist_lt-nosuchrow-if100-seed0.metrics.json').write_text(json.dumps(rec))
+    env = dict(ENV, LTPAPER_RESULTS_ROOT=str(tmp_path / 'res'))
+    r = subprocess.run([sys.executable, str(GPR), '--install', str(src)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f'{len(committed)} run(s) installed' in r.stdout and 'skip fmnist_lt-focal-if100' in r.stdout and 'is not a row' in r.stdout
+    assert not (tmp_path / 'res' / 'paper' / 'runs' / 'fmnist_lt' / 'focal-if100').exists()
+    for m in committed:
+        assert (tmp_path / 'res' / 'paper' / 'runs' / 'fmnist_lt' / m.parent.parent.name / 'seed0' / 'metrics.json').read_bytes() == m.read_bytes()
