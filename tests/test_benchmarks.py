@@ -77,3 +77,11 @@ def test_gpu_paper_runs_install_takes_paper_runs_only(tmp_path):
     assert not (tmp_path / 'res' / 'paper' / 'runs' / 'fmnist_lt' / 'focal-if100').exists()
     for m in committed:
         assert (tmp_path / 'res' / 'paper' / 'runs' / 'fmnist_lt' / m.parent.parent.name / 'seed0' / 'metrics.json').read_bytes() == m.read_bytes()
+
+def test_compile_loss_checks_equality_and_writes_ratios(tmp_path):
+    out = tmp_path / 'cl.json'
+    r = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'compile_loss.py'), '--classes', '10', '--batch', '32', '--repeats', '2',
+                        '--device', 'cpu', '--out', str(out)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads(out.read_text())['rows']
+    assert len(rows) == 1 and rows[0]['C'] == 10 and rows[0]['compiled_ms'] > 0 and rows[0]['speedup'] > 0
