@@ -6,15 +6,15 @@
 __all__ = ['VIEW_KINDS', 'GROUPS', 'HASH_EXCLUDE', 'DATASET_NAMES', 'project_root', 'list_tables', 'load_table', 'train_defaults',
            'validate_train_config', 'check_notebook_parameters', 'canonical_config', 'config_hash', 'Row',
            'expand_table', 'Job', 'output_roots', 'run_dir', 'executed_path', 'select_rows', 'plan_jobs',
-           'read_metrics', 'job_state', 'fake_metrics', 'experiment_notebook', 'paper_notebook', 'notebook_parameters',
-           'run_job', 'execute_jobs', 'render', 'reproduce', 'parse_seeds', 'parse_gpus', 'cli_reproduce', 'status',
-           'cli_status', 'Results', 'open_results', 'check_paper_parameters', 'view_spec', 'view_rows',
-           'reported_results', 'summarize', 'format_view', 'to_markdown', 'to_latex', 'table_caption', 'write_table',
-           'plot_per_class', 'plot_groups', 'plot_curves', 'margin_matrix', 'plot_margins', 'save_figure',
-           'write_figures']
+           'read_metrics', 'lock_holder', 'job_state', 'fake_metrics', 'experiment_notebook', 'paper_notebook',
+           'notebook_parameters', 'run_job', 'execute_jobs', 'render', 'reproduce', 'parse_seeds', 'parse_gpus',
+           'cli_reproduce', 'status', 'cli_status', 'Results', 'open_results', 'check_paper_parameters', 'view_spec',
+           'view_rows', 'reported_results', 'summarize', 'format_view', 'to_markdown', 'to_latex', 'table_caption',
+           'write_table', 'plot_per_class', 'plot_groups', 'plot_curves', 'margin_matrix', 'plot_margins',
+           'save_figure', 'write_figures']
 
-# %% ../nbs/05_reproduce.ipynb #79af2e9e
-import argparse, contextlib, fnmatch, hashlib, itertools, json, math, os, re, sys, tempfile, time, traceback, types, typing
+# %% ../nbs/05_reproduce.ipynb #78908d7c
+import argparse, contextlib, fnmatch, hashlib, itertools, json, math, os, re, socket, sys, tempfile, time, traceback, types, typing
 from dataclasses import MISSING, dataclass, fields as dc_fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,7 +26,7 @@ from .settings import PROFILES, get_settings
 # pandas, matplotlib, seaborn, papermill, submitit and torch are imported inside the functions that need them:
 # the CLI checks its arguments without paying for those imports (hashing a config imports ltpaper.losses, hence torch).
 
-# %% ../nbs/05_reproduce.ipynb #dbbd4e35
+# %% ../nbs/05_reproduce.ipynb #fda612b4
 _TOP_KEYS = {'table', 'title', 'base', 'seeds', 'methods', 'row_name', 'grid', 'defaults', 'profiles', 'views', 'notebook'}
 _GRID_KEYS = {'dataset', 'imbalance_factor', 'method', 'loss_params', 'train', 'same_as'}
 _METHOD_KEYS = {'label', 'loss', 'loss_params'}
@@ -90,7 +90,7 @@ def load_table(name, configs_root=None) -> dict:
     spec['seeds'] = seeds
     return spec
 
-# %% ../nbs/05_reproduce.ipynb #3a7b5c33
+# %% ../nbs/05_reproduce.ipynb #df0a1760
 def _train_config_class():
     try: from ltpaper.train import TrainConfig
     except ImportError as e: raise ImportError(f"ltpaper.train is not importable ({e}); run nbdev-export") from e
@@ -159,7 +159,7 @@ def check_notebook_parameters(config_json, out_dir) -> dict:
     _need('out_dir' not in cfg, "config_json must not set out_dir: pass the out_dir parameter")
     return cfg
 
-# %% ../nbs/05_reproduce.ipynb #133f0977
+# %% ../nbs/05_reproduce.ipynb #b91fc95b
 def _norm(v):
     if isinstance(v, bool) or v is None or isinstance(v, str): return v
     if isinstance(v, float) and v.is_integer(): return int(v)
@@ -183,7 +183,7 @@ def config_hash(cfg: dict) -> str:
     s = json.dumps(canonical_config(cfg), sort_keys=True, separators=(',', ':'), allow_nan=False)
     return hashlib.sha256(s.encode()).hexdigest()[:16]
 
-# %% ../nbs/05_reproduce.ipynb #f46fc8c4
+# %% ../nbs/05_reproduce.ipynb #b3c5dcbb
 @dataclass
 class Row:
     "One table row, expanded for a profile."
@@ -250,7 +250,7 @@ def expand_table(table, profile, configs_root=None, check=True) -> list:
                 _need(not diff, f"table {table} row {r.name}: same_as {r.run_table}/{r.run_row} but the configs differ in {diff} (profile {profile})")
     return rows
 
-# %% ../nbs/05_reproduce.ipynb #a0099fd1
+# %% ../nbs/05_reproduce.ipynb #c0139e7b
 @dataclass
 class Job:
     "One run of the experiment notebook: a row and a seed."
@@ -319,6 +319,22 @@ def read_metrics(path) -> dict:
     _need(rec['schema'] == 1, f"{path} has metrics schema {rec['schema']!r}; this ltpaper reads schema 1")
     return rec
 
+def _pid_alive(pid) -> bool:
+    try: os.kill(int(pid), 0); return True
+    except PermissionError: return True
+    except (ProcessLookupError, ValueError, TypeError, OverflowError): return False
+
+def lock_holder(out):
+    "Who holds `out/run.lock` (a dict), or None: a lock whose process is gone (same host) or unreadable for 60 s is stale."
+    lock = Path(out)/'run.lock'
+    try: held = json.loads(lock.read_text())
+    except FileNotFoundError: return None
+    except (OSError, ValueError):
+        try: return None if time.time() - lock.stat().st_mtime > 60 else {'pid': '?', 'host': '?', 'since': 'now'}
+        except FileNotFoundError: return None
+    if held.get('host') == socket.gethostname() and not _pid_alive(held.get('pid')): return None
+    return held
+
 def job_state(job) -> tuple:
     "(state, detail) of a job from the files in its run folder."
     out = Path(job.out_dir)
@@ -335,10 +351,12 @@ def job_state(job) -> tuple:
         except (json.JSONDecodeError, UnicodeDecodeError): info = {}
         if info.get('config_hash') == job.config_hash:
             return 'failed', f"{info.get('error', '?')} (notebook: {info.get('executed_notebook', '?')})"
-    if (out/'checkpoint.pt').exists(): return 'started', f"{out/'checkpoint.pt'} but no metrics.json: running now, or interrupted (a rerun resumes it)"
+    held = lock_holder(out)
+    if held is not None: return 'started', f"running now: pid {held.get('pid')} on {held.get('host')} since {held.get('since')} ({out/'run.lock'})"
+    if (out/'checkpoint.pt').exists(): return 'started', f"{out/'checkpoint.pt'} but no metrics.json: interrupted (a rerun resumes it)"
     return 'missing', ''
 
-# %% ../nbs/05_reproduce.ipynb #4be15d3c
+# %% ../nbs/05_reproduce.ipynb #b1dd0294
 def _atomic_write_text(path, text):
     "Write via a temp file in the same folder + os.replace: readers never see half a file."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
@@ -368,7 +386,7 @@ def fake_metrics(job, top1=50.0, class_counts=(100, 40, 10, 4), epochs=2, seed_n
     _atomic_write_text(Path(job.out_dir)/'metrics.json', json.dumps(rec))
     return rec
 
-# %% ../nbs/05_reproduce.ipynb #4b75d042
+# %% ../nbs/05_reproduce.ipynb #d9bb6172
 def experiment_notebook() -> Path:
     p = project_root()/'nbs'/'experiments'/'train.ipynb'
     if not p.is_file(): raise FileNotFoundError(f"{p} not found: run ltpaper from a checkout of the repository (pip install -e .)")
@@ -412,11 +430,35 @@ def _resume_key(cfg) -> str:
 def _clear_run(out):
     for n in ('metrics.json', 'error.json', 'checkpoint.pt', 'pending.json'): (Path(out)/n).unlink(missing_ok=True)
 
+def _take_lock(out):
+    "Claim the run folder for this process (O_EXCL); return None, or the holder's dict when another process runs it."
+    lock = Path(out)/'run.lock'
+    me = dict(pid=os.getpid(), host=socket.gethostname(), since=datetime.now(timezone.utc).isoformat(timespec='seconds'))
+    for _ in range(3):
+        try: fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            held = lock_holder(out)
+            if held is not None: return held
+            lock.unlink(missing_ok=True); continue       # stale: its process is gone
+        with os.fdopen(fd, 'w') as f: f.write(json.dumps(me))
+        return None
+    return lock_holder(out) or {'pid': '?', 'host': '?', 'since': 'now'}
+
 def run_job(job, notebook=None, kernel_name='python3') -> dict:
     "Execute the experiment notebook for one job; return {state: done|failed, ...}; failures go to error.json."
     import papermill as pm
     out, executed = Path(job.out_dir), Path(job.executed)
     out.mkdir(parents=True, exist_ok=True); executed.parent.mkdir(parents=True, exist_ok=True)
+    base = dict(table=job.table, row=job.row, seed=job.seed, executed=str(executed))
+    held = _take_lock(out)   # two `ltpaper reproduce` calls never run one row at once (nor delete each other's files)
+    if held is not None:
+        return dict(base, state='failed', seconds=0.0,
+                    error=f"{out} is being run by another ltpaper process (pid {held.get('pid')} on {held.get('host')} since "
+                          f"{held.get('since')}); wait for it, or delete {out/'run.lock'} if that process is gone")
+    try: return _run_locked(job, out, executed, base, pm, notebook, kernel_name)
+    finally: (out/'run.lock').unlink(missing_ok=True)
+
+def _run_locked(job, out, executed, base, pm, notebook, kernel_name) -> dict:
     (out/'error.json').unlink(missing_ok=True)
     pend, key = out/'pending.json', _resume_key(job.config)
     try: same = json.loads(pend.read_text()).get('resume_key') == key
@@ -426,7 +468,6 @@ def run_job(job, notebook=None, kernel_name='python3') -> dict:
     if (out/'metrics.json').exists():   # stale or corrupt: train writes a fresh one
         (out/'metrics.json').unlink()
     t0 = time.time()
-    base = dict(table=job.table, row=job.row, seed=job.seed, executed=str(executed))
     try:
         params = notebook_parameters(job)
         with _kernel_env():
@@ -446,7 +487,7 @@ def run_job(job, notebook=None, kernel_name='python3') -> dict:
         _atomic_write_text(out/'error.json', json.dumps(info, indent=1))
         return dict(base, state='failed', seconds=time.time() - t0, error=err)
 
-# %% ../nbs/05_reproduce.ipynb #aec481c3
+# %% ../nbs/05_reproduce.ipynb #1017848e
 def _exit_with_parent(ppid, period=1.0):
     "A worker whose `ltpaper reproduce` died (SIGTERM/SIGKILL) exits too; its kernel follows (ipykernel polls its parent)."
     while True:
@@ -524,7 +565,7 @@ def execute_jobs(jobs, gpus=None, launcher='local', slurm=None, folder=None, pro
             results.append(run_job(j)); bar.update(1)
         return results
 
-# %% ../nbs/05_reproduce.ipynb #e59ab426
+# %% ../nbs/05_reproduce.ipynb #83eae64f
 def render(table, profile, results_root=None, seeds=None, tables_root=None, figures_root=None) -> Path:
     "Execute nbs/paper/<table>.ipynb for these results; return the executed notebook's path."
     import papermill as pm
@@ -565,7 +606,7 @@ def reproduce(table, profile=None, rows=None, seeds=None, device=None, gpus=None
                                executed=str(roots['results']/'executed'/'paper'/f'{table}.ipynb')))
     return dict(table=table, profile=profile, jobs=jobs, ran=results, skipped=skipped, failed=failed, rendered=rendered, roots=roots)
 
-# %% ../nbs/05_reproduce.ipynb #5ebe78b9
+# %% ../nbs/05_reproduce.ipynb #39330e37
 class _Parser(argparse.ArgumentParser):
     "argparse with one-line errors (exit 2)."
     def error(self, message):
@@ -680,7 +721,7 @@ def cli_status(argv=None) -> int:
     print(f"{ns.table} (profile {r['profile']}, {root}): " + ', '.join(f"{n} {s}" for s, n in sorted(counts.items())))
     return 0
 
-# %% ../nbs/05_reproduce.ipynb #f14e6c64
+# %% ../nbs/05_reproduce.ipynb #415a69ce
 @dataclass
 class Results:
     "The runs of one table under one profile, as read from disk."
@@ -747,7 +788,7 @@ def view_rows(res, view) -> list:
 
 def _label(view, row): return (view.get('labels') or {}).get(row.method, row.label)
 
-# %% ../nbs/05_reproduce.ipynb #7e2c342d
+# %% ../nbs/05_reproduce.ipynb #1009eb15
 _PAPER_METRIC = dict(overall='top1_overall', Many='top1_many', Medium='top1_medium', Few='top1_few', Rare='top1_rare')
 
 def reported_results(configs_root=None):
@@ -831,7 +872,7 @@ def format_view(summary, view):
     if view['kind'] == 'overall': df.columns = pd.MultiIndex.from_tuples(col_order, names=['dataset', 'imbalance factor'])
     return df
 
-# %% ../nbs/05_reproduce.ipynb #1f7e0b47
+# %% ../nbs/05_reproduce.ipynb #9de73831
 def _flat(df):
     "Header (list of str) and body (list of lists of str) with repeated index values blanked."
     cols = [' '.join(str(x) for x in c) if isinstance(c, tuple) else str(c) for c in df.columns]
@@ -901,7 +942,7 @@ def write_table(res, view, accuracy='last', configs_root=None) -> dict:
     _atomic_write_text(paths[2], summary.to_csv(index=False, float_format='%.4f'))
     return dict(table=shown, summary=summary, paths=paths, caption=cap, notes=notes)
 
-# %% ../nbs/05_reproduce.ipynb #d66043a7
+# %% ../nbs/05_reproduce.ipynb #0a97be44
 def _figure_runs(res, view, imbalance_factor=None):
     "The view's runs at one imbalance factor: the one asked for, else the view's, else its `figure_imbalance_factor`"
     "when that has runs, else the one with most runs; (runs with their view labels, the IF)."

@@ -285,6 +285,28 @@ def test_run_job_records_failures_and_guards_checkpoints(tmp_path, monkeypatch):
     assert seen['ckpt'] is True
 
 
+def test_a_row_being_run_elsewhere_is_left_alone(tmp_path, monkeypatch):
+    "A second run of a locked row fails at once naming the holder and touches nothing; a stale lock is taken over."
+    import papermill, socket, subprocess
+    job = plan_jobs('fmnist_lt', 'smoke', rows='ours-if100', seeds=[0], results_root=tmp_path)[0]
+    out = Path(job.out_dir); out.mkdir(parents=True)
+    calls = []
+    monkeypatch.setattr(papermill, 'execute_notebook', lambda *a, **kw: calls.append(1) or (_ for _ in ()).throw(RuntimeError('ran')))
+    holder = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])      # the other process, alive
+    try:
+        (out/'run.lock').write_text(json.dumps(dict(pid=holder.pid, host=socket.gethostname(), since='t0')))
+        (out/'checkpoint.pt').write_text('its checkpoint'); (out/'pending.json').write_text(json.dumps({'resume_key': 'its'}))
+        res = run_job(job)
+        assert res['state'] == 'failed' and f'pid {holder.pid}' in res['error'] and 'being run by another ltpaper process' in res['error']
+        assert not calls and not (out/'error.json').exists() and (out/'checkpoint.pt').read_text() == 'its checkpoint'
+        st, detail = job_state(job)
+        assert st == 'started' and f'running now: pid {holder.pid}' in detail
+    finally:
+        holder.kill(); holder.wait()
+    res = run_job(job)                                   # its process is gone: the lock is stale, this run goes ahead
+    assert calls == [1] and res['error'] == 'RuntimeError: ran' and not (out/'run.lock').exists()
+
+
 def test_tables_from_metrics_files(tmp_path):
     "mean ± std over seeds, the paper's number and Δ, '—' for missing cells, orientation without Δ, the best variant."
     for j in plan_jobs('table1', 'smoke', rows='cifar10_lt-seesaw-if100', seeds=[0, 1, 2], results_root=tmp_path):
