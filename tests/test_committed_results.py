@@ -27,7 +27,8 @@ def test_recorded_hash_is_the_config_hash(path):
     from ltpaper.losses import loss_hparams
     from ltpaper.reproduce import config_hash
     m = json.loads(path.read_text())
-    assert config_hash(m['config']) == m['config_hash'], path
+    from ltpaper.train import config_hash as train_hash
+    assert config_hash(m['config']) == m['config_hash'] == train_hash(m['config']), path   # both hash functions agree
     assert set(loss_hparams(m['config']['loss'])) <= set(m['config']['loss_params']), path
 
 
