@@ -112,7 +112,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     classes = [int(c) for c in a.classes.split(',')]
     if a.quick: classes, a.repeats = [10, 1000], 5
-    names = [(n, {}) for n in LOSSES if n != 'ours'] + [('ours', {}), ('ours', dict(binning='ura')), ('ours', dict(use_intra=False))]
+    names = [(n, {}) for n in LOSSES if n != 'ours'] + [('ours', {}), ('ours', dict(g_mode='adjusted')), ('ours', dict(binning='ura')), ('ours', dict(use_intra=False))]
     machine = os.environ.get('LTPAPER_MACHINE') or (torch.cuda.get_device_name() if a.device == 'cuda' else f'cpu{os.cpu_count()}-{platform.machine()}')
     rows = bench(classes, a.batch, a.repeats, a.device, names)
     meta = dict(batch=a.batch, repeats=a.repeats, device=a.device, machine=machine, torch=torch.__version__,

@@ -40,12 +40,15 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--quick', action='store_true', help='short versions of each benchmark (a smoke check)')
     ap.add_argument('--threads', type=int, default=None, help='torch threads for the training benchmark (default: its own, 2)')
+    ap.add_argument('--only', choices=['loss', 'train', 'none'], default=None,
+                    help='rerun only this benchmark (none: just rebuild the summary from the committed outputs)')
     a = ap.parse_args(argv)
     m = machine_name()
     out = HERE / 'results'; out.mkdir(exist_ok=True)
     q = ['--quick'] if a.quick else []
-    t_loss = run('loss_speed.py', *q, '--out', str(out / f'loss_speed_{m}.json'))
-    t_train = run('train_speed.py', *q, *(['--threads', str(a.threads)] if a.threads else []), '--out', str(out / f'train_speed_{m}.json'))
+    t_loss = run('loss_speed.py', *q, '--out', str(out / f'loss_speed_{m}.json')) if a.only in (None, 'loss') else None
+    t_train = run('train_speed.py', *q, *(['--threads', str(a.threads)] if a.threads else []), '--out', str(out / f'train_speed_{m}.json')) \
+        if a.only in (None, 'train') else None
     loss = json.loads((out / f'loss_speed_{m}.json').read_text())
     train = json.loads((out / f'train_speed_{m}.json').read_text())
     prof = profile_wall_time()
