@@ -7,24 +7,14 @@ Checks first that the compiled loss gives the eager loss's values, weights and g
 steps (both start from the same state), then times each variant (median, after warm-up and compilation) and
 prints its ratio to cross-entropy. Writes a JSON with the rows when --out is given.
 """
-import argparse, json, statistics, sys, time
+import argparse, json, sys, time
 from pathlib import Path
 import torch
 import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ltpaper.losses import build_loss
-from loss_speed import counts_for
-
-def time_fn(fn, repeats, device):
-    for _ in range(5): fn()
-    ts = []
-    for _ in range(repeats):
-        if device == 'cuda': torch.cuda.synchronize()
-        t = time.perf_counter(); fn()
-        if device == 'cuda': torch.cuda.synchronize()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts) * 1e3
+from loss_speed import counts_for, time_fn   # the same timing (warm-up, CUDA syncs, median in ms)
 
 def main(ns):
     dev = ns.device
