@@ -176,7 +176,8 @@ def canonical_config(cfg: dict) -> dict:
     if 'loss' in cfg:
         try: cfg['loss_params'] = effective_hparams(cfg['loss'], cfg.get('loss_params'))
         except (TypeError, ValueError): pass           # an unknown loss or parameter fails validation, not here
-    return {k: _norm(v) for k, v in sorted(cfg.items()) if k not in HASH_EXCLUDE}
+    from ltpaper.train import drop_legacy              # fields at their pre-existing value leave old run ids valid
+    return {k: _norm(v) for k, v in sorted(drop_legacy(cfg).items()) if k not in HASH_EXCLUDE}
 
 def config_hash(cfg: dict) -> str:
     "16 hex digits of the SHA-256 of the canonical config."
