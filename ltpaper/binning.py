@@ -23,46 +23,66 @@ def gradient_norm(logits, target, mode='softmax'):
         else: raise ValueError(f"unknown gradient-norm mode {mode!r}: use 'softmax' or 'sigmoid'")
         return g.clamp(0, 1 - 1e-6)
 
+# %% ../nbs/01_binning.ipynb #74ea8d38
 def fine_cell(g, n_cells):
     "Index of the fine cell holding each g (cells of width 1/n_cells on [0, 1))."
     return (g * n_cells).long().clamp_(0, n_cells - 1)
 
 # %% ../nbs/01_binning.ipynb #6559c177
+def _block_masses(rows, depth):
+    "Mass of every block of levels 0..depth of each row, level 0 first: (R, bins * (2**(depth+1) - 1))."
+    masses = [rows]
+    for _ in range(depth):
+        masses.append(masses[-1][:, 0::2] + masses[-1][:, 1::2])   # (a strided add: sum(-1) over pairs is slow on CPU)
+    return torch.cat(masses[::-1], 1) if depth else rows
+
+# %% ../nbs/01_binning.ipynb #11f333eb
 _CHILD_WIDTH = {}
 def _child_width(bins, depth, device, dtype):
     "Width, in fine cells, of each child of the blocks of levels 0..depth-1 (cached: a constant of (bins, depth))."
     key = (bins, depth, str(device), dtype)
     if key not in _CHILD_WIDTH:
-        _CHILD_WIDTH[key] = torch.cat([torch.full((bins * 2 ** l,), 2.0 ** (depth - l - 1), dtype=dtype) for l in range(depth)]).to(device)
+        widths = [torch.full((bins * 2 ** l,), 2.0 ** (depth - l - 1), dtype=dtype) for l in range(depth)]
+        _CHILD_WIDTH[key] = torch.cat(widths).to(device)
     return _CHILD_WIDTH[key]
 
-def block_stats(rows, cell, bins, depth=0, tau=float('inf'), row_index=None):
-    "Per sample: (mass of its final block, level of that block, total width Z of its category's non-empty blocks)."
-    # rows: (R, bins*2**depth) histograms; row_index (B,) picks each sample's row (default: row i for sample i)
-    R = rows.shape[0]
-    tot = rows.sum(1)                                               # (R,)
-    masses = [rows]
-    for _ in range(depth): masses.append(masses[-1][:, 0::2] + masses[-1][:, 1::2])   # (a strided add: sum(-1) over pairs is slow on CPU)
-    M = torch.cat(masses[::-1], 1) if depth else rows               # (R, T) every block of every level, level 0 first
-    thr = (tau * tot)[:, None]                                      # (R, 1) a block is dense when its mass > tau * total
+def _nonempty_width(M, thr, bins, depth, dtype):
+    "Z of each row: total width (a fraction of [0, 1)) of its non-empty final blocks."
     # Z = width of the non-empty base bins, minus, for every dense block, the width of its empty children; widths in
     # fine-cell units (integers, so the matmul is exact in float32). Blocks of levels 0..d-1 are the parents of the
     # blocks of levels 1..d, in order, two children each: no index tensors needed.
-    Z = torch.count_nonzero(M[:, :bins], 1).to(rows.dtype) * 2.0 ** depth
+    Z = torch.count_nonzero(M[:, :bins], 1).to(dtype) * 2.0 ** depth
     if depth:
         P = M.shape[1] - bins * 2 ** depth                          # parent blocks (levels 0..d-1)
-        dense, child, w = M[:, :P] > thr, M[:, bins:], _child_width(bins, depth, rows.device, rows.dtype)
-        Z = Z - ((child[:, 0::2] == 0) & dense).to(rows.dtype) @ w - ((child[:, 1::2] == 0) & dense).to(rows.dtype) @ w
-    Z = Z / (bins * 2 ** depth)
-    ri = torch.arange(len(cell), device=cell.device) if row_index is None else row_index
+        dense, child = M[:, :P] > thr, M[:, bins:]
+        w = _child_width(bins, depth, M.device, dtype)
+        Z = Z - ((child[:, 0::2] == 0) & dense).to(dtype) @ w - ((child[:, 1::2] == 0) & dense).to(dtype) @ w
+    return Z / (bins * 2 ** depth)
+
+# %% ../nbs/01_binning.ipynb #8ca27240
+def _final_block(M, thr, cell, ri, bins, depth):
+    "Per sample: (mass, level) of its final block; `ri` (B,) is each sample's row of M."
     levels = torch.arange(depth + 1, device=cell.device)
     offsets = bins * (2 ** levels - 1)                              # start of each level in M
     flat = (ri * M.shape[1])[:, None] + offsets[None, :] + (cell[:, None] >> (depth - levels)[None, :])
     path = M.reshape(-1)[flat]                                      # (B, depth+1) masses on each sample's path
     level = (path > thr[ri]).long().cumprod(1).sum(1).clamp_(max=depth)  # first non-dense level on the path
     mass = path.gather(1, level[:, None]).squeeze(1)
+    return mass, level
+
+# %% ../nbs/01_binning.ipynb #61c9adb0
+def block_stats(rows, cell, bins, depth=0, tau=float('inf'), row_index=None):
+    "Per sample: (mass of its final block, level of that block, total width Z of its category's non-empty blocks)."
+    # rows: (R, bins*2**depth) histograms; row_index (B,) picks each sample's row (default: row i for sample i)
+    tot = rows.sum(1)                                               # (R,)
+    M = _block_masses(rows, depth)                                  # (R, T) every block of every level, level 0 first
+    thr = (tau * tot)[:, None]                                      # (R, 1) a block is dense when its mass > tau * total
+    Z = _nonempty_width(M, thr, bins, depth, rows.dtype)
+    ri = torch.arange(len(cell), device=cell.device) if row_index is None else row_index
+    mass, level = _final_block(M, thr, cell, ri, bins, depth)
     return mass, level, Z[ri]
 
+# %% ../nbs/01_binning.ipynb #b9e50d3c
 def density_weights(rows, cell, bins, depth=0, tau=None, normalization='decoupled', widths=None, row_index=None):
     "Intra-category weights w_i = 1/GD_{y_i}(g_i) (URA when depth=0, AURA otherwise); `widths` overrides base-bin widths."
     tau = float('inf') if depth == 0 else (1.0 / bins if tau is None else tau)
@@ -90,7 +110,8 @@ def all_gather_cat(*tensors):
     n = torch.tensor([tensors[0].shape[0]], device=tensors[0].device)
     sizes = [torch.zeros_like(n) for _ in range(ws)]
     dist.all_gather(sizes, n)
-    sizes = [int(s) for s in sizes]; mx = max(sizes)
+    sizes = [int(s) for s in sizes]
+    mx = max(sizes)
     out = []
     for t in tensors:
         padded = torch.cat([t, t.new_zeros((mx - t.shape[0],) + t.shape[1:])])
@@ -104,6 +125,7 @@ def all_reduce_sum(t):
     if _distributed(): dist.all_reduce(t)
     return t
 
+# %% ../nbs/01_binning.ipynb #2f70c0e8
 def class_bincount(target, num_classes, dtype=torch.long):
     "Per-class counts of a target vector (static shape, no host sync; compile-friendly)."
     return torch.zeros(num_classes, dtype=dtype, device=target.device).index_add_(0, target, torch.ones_like(target, dtype=dtype))
@@ -116,7 +138,7 @@ def rank_within_class(target, k):
     rank[order] = torch.arange(len(target), device=target.device) - start[target[order]]
     return rank
 
-# %% ../nbs/01_binning.ipynb #df45c6b4
+# %% ../nbs/01_binning.ipynb #d8a0dfdf
 class _SlotHistogram(nn.Module):
     "Histogram of the cells stored in slots; a slot write removes the old cell and adds the new one."
     def _write(self, target, cell, pos, keep):
@@ -128,6 +150,7 @@ class _SlotHistogram(nn.Module):
         self.cells[pos] = torch.where(keep, cell, torch.full_like(cell, -1))
         self.slot_class[pos] = torch.where(keep, target, torch.full_like(target, -1))
 
+# %% ../nbs/01_binning.ipynb #390def4b
 class WindowHistogram(_SlotHistogram):
     "Each category's histogram over its last max(n_c, 1) samples: ring buffers in one flat tensor."
     def __init__(self, class_counts, n_cells, **_):
@@ -164,6 +187,7 @@ class WindowHistogram(_SlotHistogram):
         self.overflow = ids
         self.ptr.copy_((self.ptr + k - shift) % self.cap)
 
+# %% ../nbs/01_binning.ipynb #c00527d5
 class BankHistogram(_SlotHistogram):
     "Per-sample memory bank keyed by dataset index: each category's histogram over its samples' last-seen g."
     def __init__(self, class_counts, n_cells, **_):
@@ -178,11 +202,14 @@ class BankHistogram(_SlotHistogram):
         if index is None: raise ValueError("estimator='bank' needs the dataset indices: call loss(logits, target, index)")
         order = torch.argsort(index, stable=True)
         si = index[order]
-        last = torch.ones_like(si, dtype=torch.bool); last[:-1] = si[1:] != si[:-1]
-        keep = torch.empty_like(last); keep[order] = last         # a repeated index counts once (its last occurrence)
+        last = torch.ones_like(si, dtype=torch.bool)
+        last[:-1] = si[1:] != si[:-1]
+        keep = torch.empty_like(last)
+        keep[order] = last                                       # a repeated index counts once (its last occurrence)
         pos = torch.where(keep, index, torch.full_like(index, len(self.cells) - 1))
         self._write(target, cell, pos, keep)
 
+# %% ../nbs/01_binning.ipynb #c5c0199d
 class EMAHistogram(nn.Module):
     "Per-category EMA of bin counts, F_c <- a F_c + (1-a) hist_c(batch), for the categories present in the batch."
     def __init__(self, class_counts, n_cells, momentum=0.7, present_only=True):
@@ -198,10 +225,13 @@ class EMAHistogram(nn.Module):
             self.hist.view(-1).index_add_(0, target * self.hist.shape[1] + cell, torch.full_like(cell, 1 - a, dtype=self.hist.dtype))
             return
         B = len(target)
-        first = torch.full((self.hist.shape[0],), B, device=target.device).scatter_reduce(0, target, torch.arange(B, device=target.device), 'amin')
+        first = torch.full((self.hist.shape[0],), B, device=target.device).scatter_reduce(
+            0, target, torch.arange(B, device=target.device), 'amin')
         slot = first[target]                                     # one row per class present, at its first sample
-        bh = torch.zeros(B, self.hist.shape[1], device=target.device).index_put_((slot, cell), torch.ones(B, device=target.device), accumulate=True)
+        bh = torch.zeros(B, self.hist.shape[1], device=target.device).index_put_(
+            (slot, cell), torch.ones(B, device=target.device), accumulate=True)
         self.hist[target] = a * self.hist[target] + (1 - a) * bh[slot]   # duplicates write identical rows
 
+# %% ../nbs/01_binning.ipynb #d7f231c4
 ESTIMATORS = dict(window=WindowHistogram, ema=EMAHistogram, bank=BankHistogram,
                   ema_global=lambda class_counts, n_cells, momentum=0.7: EMAHistogram(class_counts, n_cells, momentum, present_only=False))

@@ -10,7 +10,7 @@ import configparser, os
 from dataclasses import dataclass
 from pathlib import Path
 
-# %% ../nbs/00a_settings.ipynb #1b2daa18
+# %% ../nbs/00a_settings.ipynb #362cc90f
 _DEFAULTS = dict(data_root='data', results_root='results', figures_root='figures', tables_root='tables',
                  configs_root='configs', default_profile='cpu', default_device='auto')
 PROFILES = ('smoke', 'cpu', 'paper')
@@ -27,6 +27,7 @@ class Settings:
     default_device: str
     source: Path|None  # the settings.ini these came from (None: built-in defaults)
 
+# %% ../nbs/00a_settings.ipynb #78d7cfea
 def find_settings_file(start=None) -> Path|None:
     "The settings.ini in force: `$LTPAPER_SETTINGS`, else `start` (default cwd) or a parent, else the project root."
     env = os.environ.get('LTPAPER_SETTINGS')
@@ -40,27 +41,42 @@ def find_settings_file(start=None) -> Path|None:
     proj = Path(__file__).resolve().parent.parent
     return proj/'settings.ini' if (proj/'settings.ini').is_file() else None
 
-def get_settings(path=None) -> Settings:
-    "Read settings.ini (or the defaults), apply `LTPAPER_*` environment overrides, resolve paths."
-    path = Path(path) if path else find_settings_file()
-    vals = dict(_DEFAULTS)
-    if path is not None:
-        cp = configparser.ConfigParser(inline_comment_prefixes=('#', ';'))
-        cp.read(path)
-        if cp.has_section('ltpaper'):
-            unknown = set(cp['ltpaper']) - set(_DEFAULTS)
-            if unknown: raise ValueError(f"{path}: unknown setting(s) {sorted(unknown)}; known: {sorted(_DEFAULTS)}")
-            vals.update(cp['ltpaper'])
+# %% ../nbs/00a_settings.ipynb #0655e4a4
+def _ini_values(path):
+    "The `[ltpaper]` section of a settings.ini (empty when it has none); an unknown key is refused."
+    cp = configparser.ConfigParser(inline_comment_prefixes=('#', ';'))
+    cp.read(path)
+    if not cp.has_section('ltpaper'): return {}
+    unknown = set(cp['ltpaper']) - set(_DEFAULTS)
+    if unknown: raise ValueError(f"{path}: unknown setting(s) {sorted(unknown)}; known: {sorted(_DEFAULTS)}")
+    return cp['ltpaper']
+
+def _env_overrides(vals):
+    "Replace each value that has an `LTPAPER_<KEY>` environment variable by it."
     for k in _DEFAULTS:
         if f'LTPAPER_{k.upper()}' in os.environ: vals[k] = os.environ[f'LTPAPER_{k.upper()}']
+    return vals
+
+def _check_values(vals, path):
+    "Refuse an unknown default profile or device, naming the file."
     if vals['default_profile'] not in PROFILES:
         raise ValueError(f"default_profile={vals['default_profile']!r} in {path}: choose one of {PROFILES}")
     if vals['default_device'] not in ('auto', 'cpu') and not vals['default_device'].startswith('cuda'):
         raise ValueError(f"default_device={vals['default_device']!r} in {path}: use auto, cpu or cuda[:N]")
+
+# %% ../nbs/00a_settings.ipynb #7d6cfc4a
+def get_settings(path=None) -> Settings:
+    "Read settings.ini (or the defaults), apply `LTPAPER_*` environment overrides, resolve paths."
+    path = Path(path) if path else find_settings_file()
+    vals = dict(_DEFAULTS)
+    if path is not None: vals.update(_ini_values(path))
+    _env_overrides(vals)
+    _check_values(vals, path)
     base = path.parent if path is not None else Path.cwd()
     res = {k: (base/vals[k]).resolve() if k.endswith('_root') else vals[k] for k in _DEFAULTS}
     return Settings(**res, source=path)
 
+# %% ../nbs/00a_settings.ipynb #ee71e7a5
 def resolve_device(device=None) -> str:
     "'auto' (or None: the settings' default) becomes 'cuda' when available, else 'cpu'."
     import torch

@@ -1,7 +1,7 @@
 """Bad inputs are refused with a one-line error that names the problem, before any work is done or any file is lost:
-the loss API, TrainConfig, the `ltpaper` CLI (in-process and one real process), the data loaders (damaged files
-written here in the real IDX format), the experiment notebook's papermill parameters; plus source checks
-(torch.load with weights_only=True, no eval/exec, yaml.safe_load only)."""
+the loss API (the cases nbs/00_losses.ipynb does not check), TrainConfig, the `ltpaper` CLI (in-process and one
+real process), the data loaders (damaged files written here in the real IDX format), the experiment notebook's
+papermill parameters; plus source checks (torch.load with weights_only=True, no eval/exec, yaml.safe_load only)."""
 import gzip, json, re, subprocess, sys
 from pathlib import Path
 
@@ -15,8 +15,7 @@ from ltpaper.losses import build_loss
 from ltpaper.reproduce import check_notebook_parameters, plan_jobs, run_job
 from ltpaper.train import TrainConfig
 
-from test_data import write_fmnist
-from test_reproduce import cli
+from helpers import write_fmnist
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,20 +29,14 @@ def one_line(msg: str, *names):
 
 
 # ---------------------------------------------------------------- loss API
+# nbs/00_losses.ipynb ("Bad input" and the build_loss cells) checks an unknown loss, a misspelt or wrong-typed
+# hyperparameter, bins=0, an unknown binning or estimator, a negative gamma or momentum, negative or 2-D class_counts,
+# logits whose classes disagree with class_counts, 3-D logits, a target out of range, of another batch size or of
+# floats. Only the cases it leaves out are here.
 def _fwd(loss, logits, target, **kw): return lambda: build_loss(loss, CC)(logits, target, **kw)
 
 LOSS_CASES = {
-    'unknown-loss':        (lambda: build_loss('hinge', CC), "'hinge'"),
-    'negative-gamma':      (lambda: build_loss('focal', CC, gamma=-1), 'gamma'),
-    'misspelt-hparam':     (lambda: build_loss('focal', CC, gama=1), 'gama'),
-    'unknown-binning':     (lambda: build_loss('ours', CC, binning='xyz'), "'xyz'"),
-    'zero-bins':           (lambda: build_loss('ours', CC, bins=0), 'bins'),
     'empty-class-counts':  (lambda: build_loss('softmax', []), 'class_counts'),
-    'negative-count':      (lambda: build_loss('softmax', [10, -1, 5]), 'class_counts'),
-    'logits-vs-counts':    (_fwd('softmax', torch.randn(4, 5), torch.tensor([0, 1, 2, 0])), 'class_counts'),
-    'target-out-of-range': (_fwd('seesaw', torch.randn(4, 3), torch.tensor([0, 1, 3, 0])), 'target'),
-    'float-target':        (_fwd('focal', torch.randn(4, 3), torch.tensor([0., 1, 2, 0])), 'target'),
-    'batch-mismatch':      (_fwd('ldam', torch.randn(4, 3), torch.tensor([0, 1, 2])), 'batch'),
     'logits-1d':           (_fwd('softmax', torch.randn(4), torch.tensor([0, 1, 2, 0])), 'logits'),
 }
 
@@ -52,9 +45,6 @@ def test_loss_api(case):
     f, name = LOSS_CASES[case]
     with pytest.raises(ValueError) as ei: f()
     one_line(ei.value, name)
-
-def test_loss_hparam_of_wrong_type_names_it():
-    with pytest.raises(ValueError, match='gamma'): build_loss('focal', CC, gamma='high')
 
 
 # ---------------------------------------------------------------- TrainConfig (test_train.py covers the range checks of every field)

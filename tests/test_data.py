@@ -12,6 +12,8 @@ from PIL import Image
 from ltpaper import data as D
 from ltpaper.data import build_dataset, class_groups, cli_fetch, fetch, longtail_counts, make_loader, read_idx
 
+from helpers import idx_bytes, write_fmnist
+
 torch.set_num_threads(1)
 HAVE_DEBIAN = (D.DEBIAN_FMNIST/'train-images-idx3-ubyte.gz').is_file()
 
@@ -48,23 +50,6 @@ def write_cifar100(root, per_class=5):
     (d/'train').write_bytes(pickle.dumps({'data': _rows(len(labels), 0, 0), 'fine_labels': labels.tolist(), 'coarse_labels': (labels // 5).tolist()}))
     (d/'test').write_bytes(pickle.dumps({'data': _rows(100, 0, 255), 'fine_labels': list(range(100))}))
     return labels
-
-def idx_bytes(arr, magic):
-    return magic.to_bytes(4, 'big') + b''.join(int(s).to_bytes(4, 'big') for s in arr.shape) + arr.astype(np.uint8).tobytes()
-
-def write_fmnist(raw, per_class=8, test_per_class=2, gz=True):
-    raw.mkdir(parents=True, exist_ok=True)
-    out = {}
-    for split, n in (('train', per_class), ('t10k', test_per_class)):
-        y = np.tile(np.arange(10), n)
-        x = (np.arange(len(y))[:, None, None] + np.zeros((1, 28, 28), int)) % 256
-        for kind, arr, magic in (('images-idx3', x, D.IDX_IMAGES), ('labels-idx1', y, D.IDX_LABELS)):
-            name = f'{split}-{kind}-ubyte'
-            b = idx_bytes(arr, magic)
-            if gz: (raw/f'{name}.gz').write_bytes(gzip.compress(b))
-            else: (raw/name).write_bytes(b)
-        out[split] = (x, y)
-    return out
 
 COLORS = [(220, 30, 30), (30, 220, 30), (30, 30, 220), (200, 200, 40)]  # per sorted-wnid class
 

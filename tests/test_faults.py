@@ -11,8 +11,7 @@ import ltpaper.reproduce as R
 from ltpaper.reproduce import _atomic_write_text, cli_reproduce, cli_status
 from ltpaper.train import atomic_write, cli_train, load_checkpoint, train
 
-from test_reproduce import cli
-from test_train import DRIVER, FMNIST, comparable, env, smoke
+from helpers import DRIVER, FMNIST, cli, comparable, env, smoke
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.skipif(not (FMNIST/'train-images-idx3-ubyte.gz').is_file(), reason='needs Debian dataset-fashion-mnist')

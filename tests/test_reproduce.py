@@ -2,7 +2,7 @@
 smoke profile end to end through papermill (real Fashion-MNIST; tiny CIFAR-10 / Tiny-ImageNet / ImageNet-LT /
 iNaturalist files written here in their real formats): skipping finished runs, failure isolation, corrupt
 metrics, --gpus workers, the submitit launcher, and every paper notebook rendered into a tmp results root."""
-import contextlib, io, json, os, pickle, subprocess, sys, time
+import json, os, pickle, subprocess, sys, time
 from pathlib import Path
 
 import nbformat
@@ -16,15 +16,10 @@ from ltpaper.reproduce import (HASH_EXCLUDE, cli_reproduce, cli_status, config_h
 from ltpaper.settings import PROFILES
 from ltpaper.train import TrainConfig
 
+from helpers import cli
+
 FMNIST = Path('/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz')
 ROWS = dict(table1=96, table2=12, table3=5, fmnist_lt=35)
-
-
-def cli(f, argv):
-    "Run a cli_* function in-process: (exit code, stdout, stderr)."
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err): code = f(argv)
-    return code, out.getvalue(), err.getvalue()
 
 
 # ---------------------------------------------------------------- tiny datasets in their real formats

@@ -1,6 +1,6 @@
 """Training loop: config validation, CLI errors, determinism, metrics.json, SIGKILL + resume, DDP (2 gloo processes),
 non-finite loss handling. Smoke sizes: Fashion-MNIST-LT (IF 100) capped at a few hundred images, small_resnet, 1 thread."""
-import json, os, signal, subprocess, sys, textwrap, time
+import json, os, signal, subprocess, sys, time
 from pathlib import Path
 
 import pytest
@@ -13,32 +13,11 @@ from ltpaper.train import (NonFiniteLossError, TrainConfig, cli_train, config_ha
                            parse_train_args, train)
 from ltpaper.data import build_dataset
 
+from helpers import DRIVER, FMNIST, comparable, env, smoke
+
 ROOT = Path(__file__).resolve().parents[1]
-FMNIST = Path('/usr/share/datasets/fashion-mnist')
 pytestmark = pytest.mark.skipif(not (FMNIST / 'train-images-idx3-ubyte.gz').exists() and not (ROOT / 'data' / 'FashionMNIST').exists(),
                                 reason='Fashion-MNIST files not found')
-
-
-def smoke(out_dir, **kw) -> TrainConfig:
-    base = dict(dataset='fmnist_lt', imbalance_factor=100, model='small_resnet', loss='softmax', epochs=2, batch_size=64, lr=0.05,
-                warmup_epochs=1, milestones=[1], lr_decay=[0.1], limit_train=500, limit_test=200, device='cpu', threads=1,
-                out_dir=str(out_dir), progress=False)
-    return TrainConfig(**{**base, **kw})
-
-
-def comparable(m: dict) -> dict:
-    "The metrics without wall-clock and run-location fields."
-    m = json.loads(json.dumps(m))
-    for h in m['history']: h.pop('epoch_time_s')
-    for k in ('provenance', 'wall_time_s', 'images_per_s'): m.pop(k)
-    for k in ('out_dir', 'resume'): m['config'].pop(k)
-    return m
-
-
-def env():
-    e = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]), OMP_NUM_THREADS='1')
-    e.pop('WORLD_SIZE', None); e.pop('RANK', None)
-    return e
 
 
 # ---------------------------------------------------------------------------------------------------------------- config
@@ -175,29 +154,6 @@ def test_interrupt_in_process_then_resume_equalization(tmp_path, monkeypatch):
 
 
 # -------------------------------------------------------------------------------------------------------- subprocesses
-
-DRIVER = textwrap.dedent('''
-    import json, os, sys, time
-    import ltpaper.train as tr
-    cfg = tr.TrainConfig(**json.loads(sys.argv[1]))
-    hang_after = int(sys.argv[2])   # training forwards after the first checkpoint before the process hangs (-1: never)
-    if hang_after >= 0:
-        orig = tr.build_model
-        def build_model(*a, **k):
-            m = orig(*a, **k)
-            n = [0]
-            def hook(mod, inp):
-                if mod.training and os.path.exists(os.path.join(cfg.out_dir, 'checkpoint.pt')):
-                    n[0] += 1
-                    if n[0] > hang_after:
-                        open(os.path.join(cfg.out_dir, 'HANGING'), 'w').close()
-                        time.sleep(600)
-            m.register_forward_pre_hook(hook)
-            return m
-        tr.build_model = build_model
-    tr.train(cfg)
-''')
-
 
 def test_sigkill_then_resume_gives_uninterrupted_metrics(tmp_path):
     driver = tmp_path / 'driver.py'; driver.write_text(DRIVER)
