@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from fastcore.basics import patch
 from .binning import gradient_norm, all_reduce_sum, class_bincount
-from .losses import LOSSES, OURS_BINNINGS, IntraStats, OursLoss, margin_logits, _check
+from .losses import LOSSES, OURS_BINNINGS, IntraStats, OursLoss, document_losses, margin_logits, _check
 
 # %% ../nbs/00b_study_losses.ipynb #d4e27539
 STUDY_BINNINGS = OURS_BINNINGS + ('power',)
@@ -150,3 +150,4 @@ class OursTunedLoss(OursStudyLoss):
                          kappa, beta)
 
 LOSSES.update(ours_study=OursStudyLoss, ours_tuned=OursTunedLoss)
+document_losses()
