@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['MODELS', 'kaiming_init_', 'ShortcutA', 'BasicBlock', 'ResNetSmallImages', 'resnet32', 'n_params', 'small_resnet',
-           'resnet50', 'build_model']
+           'resnet50', 'NormedLinear', 'normed_head_', 'build_model']
 
 # %% ../nbs/03_models.ipynb #0a59f6df
 import torch
@@ -105,6 +105,21 @@ def resnet50(num_classes: int, in_channels: int = 3) -> nn.Module:
     m.num_classes, m.in_channels = num_classes, in_channels
     return m
 
+# %% ../nbs/03_models.ipynb #385ffc9b
+class NormedLinear(nn.Module):
+    "Cosine classifier of LDAM-DRW: normalised features times column-normalised weights, outputs in [-1, 1]."
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(in_features, out_features).uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5))
+    def forward(self, x): return F.normalize(x, dim=1) @ F.normalize(self.weight, dim=0)
+
+def normed_head_(model: nn.Module) -> nn.Module:
+    "Replace the model's final linear layer (`linear` or `fc`) by a `NormedLinear` of the same shape, in place."
+    name = 'linear' if isinstance(getattr(model, 'linear', None), nn.Linear) else 'fc'
+    old = getattr(model, name)
+    setattr(model, name, NormedLinear(old.in_features, old.out_features).to(old.weight.device))
+    return model
+
 # %% ../nbs/03_models.ipynb #93d90f41
 MODELS = dict(resnet32=resnet32, resnet50=resnet50, small_resnet=small_resnet)
 
@@ -112,9 +127,12 @@ def build_model(name: str,               # a key of MODELS
                 num_classes: int,
                 in_channels: int = 3,    # the dataset's channels (1 for Fashion-MNIST)
                 channels_last: bool = False,  # return the model in channels_last memory format
+                head: str = 'linear',    # 'linear' | 'normed' (LDAM-DRW's cosine head, for the `ldam` loss)
                ) -> nn.Module:
     "Build a model from the registry with fresh (seed-dependent) weights."
     if name not in MODELS: raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
     if num_classes < 1 or in_channels < 1: raise ValueError(f"num_classes={num_classes} and in_channels={in_channels} must be >= 1")
+    if head not in ('linear', 'normed'): raise ValueError(f"head={head!r}: choose 'linear' or 'normed'")
     model = MODELS[name](num_classes, in_channels=in_channels)
+    if head == 'normed': normed_head_(model)
     return model.to(memory_format=torch.channels_last) if channels_last else model
