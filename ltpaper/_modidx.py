@@ -374,4 +374,15 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'ltpaper.train.set_rng_state': ('train.html#set_rng_state', 'ltpaper/train.py'),
                                'ltpaper.train.train': ('train.html#train', 'ltpaper/train.py'),
                                'ltpaper.train.train_one_epoch': ('train.html#train_one_epoch', 'ltpaper/train.py'),
-                               'ltpaper.train.train_parser': ('train.html#train_parser', 'ltpaper/train.py')}}}
+                               'ltpaper.train.train_parser': ('train.html#train_parser', 'ltpaper/train.py')},
+            'ltpaper.verify': { 'ltpaper.verify._diffs': ('verify.html#_diffs', 'ltpaper/verify.py'),
+                                'ltpaper.verify._judge': ('verify.html#_judge', 'ltpaper/verify.py'),
+                                'ltpaper.verify._line': ('verify.html#_line', 'ltpaper/verify.py'),
+                                'ltpaper.verify._needs_gpu': ('verify.html#_needs_gpu', 'ltpaper/verify.py'),
+                                'ltpaper.verify._rerun': ('verify.html#_rerun', 'ltpaper/verify.py'),
+                                'ltpaper.verify.compare_records': ('verify.html#compare_records', 'ltpaper/verify.py'),
+                                'ltpaper.verify.explain': ('verify.html#explain', 'ltpaper/verify.py'),
+                                'ltpaper.verify.format_report': ('verify.html#format_report', 'ltpaper/verify.py'),
+                                'ltpaper.verify.results_view': ('verify.html#results_view', 'ltpaper/verify.py'),
+                                'ltpaper.verify.select_jobs': ('verify.html#select_jobs', 'ltpaper/verify.py'),
+                                'ltpaper.verify.verify': ('verify.html#verify', 'ltpaper/verify.py')}}}
