@@ -10,6 +10,7 @@ import torch
 
 import ltpaper.reproduce as R
 from ltpaper import data as D
+from ltpaper import readers as DR
 from ltpaper.cli import main
 from ltpaper.losses import build_loss
 from ltpaper.reproduce import check_notebook_parameters, plan_jobs, run_job
@@ -115,7 +116,7 @@ def test_cli_real_process_reproduce_jobs_0(results):
 @pytest.fixture
 def fm_root(tmp_path, monkeypatch):
     "A tiny Fashion-MNIST in ROOT/FashionMNIST/raw (real IDX .gz files), Debian's copy hidden."
-    monkeypatch.setattr(D, 'DEBIAN_FMNIST', tmp_path/'no-debian-package')
+    monkeypatch.setattr(DR, 'DEBIAN_FMNIST', tmp_path/'no-debian-package')
     write_fmnist(tmp_path/'FashionMNIST'/'raw', per_class=8, test_per_class=2)
     return tmp_path
 

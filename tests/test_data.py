@@ -10,6 +10,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from ltpaper import data as D
+from ltpaper import readers as R   # where DEBIAN_FMNIST is read: patch it there
 from ltpaper.data import build_dataset, class_groups, cli_fetch, fetch, longtail_counts, make_loader, read_idx
 
 from helpers import idx_bytes, write_fmnist
@@ -21,7 +22,7 @@ HAVE_DEBIAN = (D.DEBIAN_FMNIST/'train-images-idx3-ubyte.gz').is_file()
 @pytest.fixture
 def no_debian(monkeypatch, tmp_path):
     "Pretend Debian's Fashion-MNIST package is not installed."
-    monkeypatch.setattr(D, 'DEBIAN_FMNIST', tmp_path/'no-debian-package')
+    monkeypatch.setattr(R, 'DEBIAN_FMNIST', tmp_path/'no-debian-package')
 
 
 # ---------------------------------------------------------------- writers of small files in the real formats
@@ -243,7 +244,7 @@ def test_fmnist_damaged_and_missing_files(tmp_path, no_debian):
     with pytest.raises(FileNotFoundError) as e: build_dataset('fmnist_lt', tmp_path/'none', 4)
     msg = str(e.value)
     assert '\n' not in msg and msg.startswith('fmnist_lt: dataset not found')
-    assert str(tmp_path/'none'/'FashionMNIST'/'raw') in msg and str(D.DEBIAN_FMNIST) in msg and 'apt-get install dataset-fashion-mnist' in msg
+    assert str(tmp_path/'none'/'FashionMNIST'/'raw') in msg and str(R.DEBIAN_FMNIST) in msg and 'apt-get install dataset-fashion-mnist' in msg
     write_fmnist(tmp_path/'e'/'FashionMNIST'/'raw')                                    # well formed, but not the official sizes
     with pytest.raises(ValueError, match=r'train-images-idx3-ubyte.gz: 80 images .* the official split has 60000'):
         fetch('fmnist_lt', tmp_path/'e', download=False)
@@ -274,7 +275,7 @@ def test_tinyimagenet_tree(tmp_path):
     assert tuple(ds.images.shape) == (11, 3, 64, 64) and ds.images.dtype == torch.uint8
     mean_rgb = ds.images.float().mean((2, 3))
     want = torch.tensor(COLORS, dtype=torch.float)[ds.targets]
-    gray = torch.tensor([p.endswith(f'{wnids[0]}_0.JPEG') for p in np.array(D._read_tiny(base, 'train').paths)[ds.source_index.numpy()]])
+    gray = torch.tensor([p.endswith(f'{wnids[0]}_0.JPEG') for p in np.array(R._read_tiny(base, 'train').paths)[ds.source_index.numpy()]])
     assert gray.sum() == 1                                                        # class 0 keeps all 6, the grayscale one too
     assert ((mean_rgb - want).abs().amax(1)[~gray] < 8).all()                    # class id = sorted-wnid order
     assert (mean_rgb[gray].std(1) < 1).all()                                      # the grayscale JPEG became 3 equal channels
