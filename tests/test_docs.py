@@ -163,3 +163,6 @@ def test_every_page_loads_renders_its_images_and_links_resolve(site, tmp_path):
     figs = [i for i in seen['docs/figures.html']['images'] if i['shown']]
     assert len(figs) == len(list((ROOT / 'figures').glob('*.png'))) > 0
     assert any(l.endswith('docs/readme.html#results-at-cpu-scale') for l in seen['docs/readme.html']['links'])
+    # Notebook pages read like nbdev's docs (docs/nbdev_cells.py): no `#| hide` cell, no `#| ...` directive line.
+    leftovers = [p for p in nbs if '#| ' in (site / p).read_text()]
+    assert not leftovers, f'nbdev directives left on {leftovers}'
