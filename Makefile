@@ -9,7 +9,7 @@ PROFILE ?= cpu
 SEEDS   ?= 0
 TABLES  ?= fmnist_lt
 
-.PHONY: install data test test-fast reproduce bench sync-check clean-nbs lab
+.PHONY: install data chromium test test-fast reproduce bench sync-check clean-nbs lab docs
 
 install: $(STAMP)
 
@@ -26,6 +26,17 @@ data: $(STAMP)
 	  apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null; }; fi
 	$(PY) -m ltpaper.cli fetch fmnist_lt
 
+# Headless Chromium for tests/test_docs.py (opens every page of the documentation site): Debian's package when root
+# on Debian; elsewhere install a chromium yourself (the test skips without one).
+chromium:
+	@if ! command -v chromium >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null; }; fi
+
+# The documentation site: every notebook rendered with its committed outputs (never executed), into docs/_build/html.
+docs: $(STAMP)
+	rm -rf docs/_build
+	PATH=$(BIN):$$PATH $(BIN)/jupyter-book build . --config docs/_config.yml --toc docs/_toc.yml --path-output docs
+
 # Notebooks and ltpaper/ must be in step: export + clean may not change a tracked file.
 sync-check: $(STAMP)
 	@bash tools/check_sync.sh $(BIN)
@@ -33,7 +44,7 @@ sync-check: $(STAMP)
 # One OpenMP thread per process: the test runners start several torch processes at once, and on 2 cores
 # spinning OpenMP threads of different processes slow each other down by up to 10x.
 test: export OMP_NUM_THREADS = 1
-test: $(STAMP) data
+test: $(STAMP) data chromium
 	PATH=$(BIN):$$PATH $(BIN)/nbdev-test --n-workers 2 --timing
 	PATH=$(BIN):$$PATH $(PY) -m pytest -q tests
 	@bash tools/check_sync.sh $(BIN)
