@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['MODELS', 'kaiming_init_', 'ShortcutA', 'BasicBlock', 'ResNetSmallImages', 'resnet32', 'n_params', 'small_resnet',
-           'resnet50', 'NormedLinear', 'normed_head_', 'build_model']
+           'small_resnet_wide', 'resnet50', 'NormedLinear', 'normed_head_', 'build_model']
 
 # %% ../nbs/03_models.ipynb #0a59f6df
 import torch
@@ -95,6 +95,11 @@ def small_resnet(num_classes: int, in_channels: int = 1) -> nn.Module:
     "ResNet-8 with a stride-2 stem (one BasicBlock per stage, widths 16/32/64) for the CPU-scale Fashion-MNIST-LT runs."
     return ResNetSmallImages((1, 1, 1), num_classes, in_channels, widths=(16, 32, 64), stem_stride=2)
 
+# %% ../nbs/03_models.ipynb #c7407b20
+def small_resnet_wide(num_classes: int, in_channels: int = 1) -> nn.Module:
+    "`small_resnet` with widths 32/64/128 (about 0.3 M parameters)."
+    return ResNetSmallImages((1, 1, 1), num_classes, in_channels, widths=(32, 64, 128), stem_stride=2)
+
 # %% ../nbs/03_models.ipynb #4a21ed5c
 def resnet50(num_classes: int, in_channels: int = 3) -> nn.Module:
     "torchvision ResNet-50 trained from scratch; `conv1` adapted to `in_channels`."
@@ -121,7 +126,7 @@ def normed_head_(model: nn.Module) -> nn.Module:
     return model
 
 # %% ../nbs/03_models.ipynb #93d90f41
-MODELS = dict(resnet32=resnet32, resnet50=resnet50, small_resnet=small_resnet)
+MODELS = dict(resnet32=resnet32, resnet50=resnet50, small_resnet=small_resnet, small_resnet_wide=small_resnet_wide)
 
 def build_model(name: str,               # a key of MODELS
                 num_classes: int,

@@ -13,7 +13,7 @@ from pathlib import Path
 # %% ../nbs/00a_settings.ipynb #362cc90f
 _DEFAULTS = dict(data_root='data', results_root='results', figures_root='figures', tables_root='tables',
                  configs_root='configs', default_profile='cpu', default_device='auto')
-PROFILES = ('smoke', 'cpu', 'paper')
+PROFILES = ('smoke', 'cpu', 'mid', 'long', 'paper')   # training budgets: seconds (CI), 10 epochs, more, fits, the paper's
 
 @dataclass(frozen=True)
 class Settings:
