@@ -99,9 +99,9 @@ def _coerce(name, v, t):
 
 # %% ../nbs/04a_config.ipynb #6ac9999d
 def _check_names(c: TrainConfig):
-    from .data import DATASETS
-    from .losses import LOSSES
-    from .models import MODELS
+    from ltpaper.data import DATASETS
+    from ltpaper.losses import LOSSES
+    from ltpaper.models import MODELS
     if c.dataset not in DATASETS:
         _fail('dataset', c.dataset, f"unknown dataset; choose one of {sorted(DATASETS)}")
     if c.loss not in LOSSES:
@@ -138,7 +138,7 @@ def _range_checks(c: TrainConfig) -> list:
             ('threads', c.threads >= 0, "must be >= 0 (0 = torch's default)")]
 
 def _check_loss_params(c: TrainConfig):
-    from .losses import build_loss
+    from ltpaper.losses import build_loss
     try:
         json.dumps(c.loss_params, allow_nan=False)
     except (TypeError, ValueError):
@@ -236,7 +236,7 @@ def _canonical(v):
 
 def _effective_loss_params(d):
     "loss_params as `effective_hparams`: the loss's defaults filled in, inert flags dropped (unknown loss: as given)."
-    from .losses import effective_hparams
+    from ltpaper.losses import effective_hparams
     try:
         return effective_hparams(d['loss'], d.get('loss_params'))
     except (KeyError, TypeError, ValueError):   # an unknown loss or parameter fails validation, not here

@@ -20,7 +20,8 @@ def _figure_runs(res, view, imbalance_factor=None):
     imf = imbalance_factor if imbalance_factor is not None else view.get('imbalance_factor')
     if imf is None and runs:
         have = [x['imbalance_factor'] for x in runs]
-        imf = view.get('figure_imbalance_factor') if view.get('figure_imbalance_factor') in have else max(dict.fromkeys(have), key=have.count)
+        fif = view.get('figure_imbalance_factor')
+        imf = fif if fif in have else max(dict.fromkeys(have), key=have.count)
     return [x for x in runs if imf is None or x['imbalance_factor'] == imf], imf
 
 def _style():
@@ -32,6 +33,7 @@ def _order(view, runs):
     labels = {x['method']: x['label'] for x in runs}
     return [labels[m] for m in view['methods'] if m in labels]
 
+# %% ../nbs/05e_figures.ipynb #270d2f07
 def plot_per_class(res, view, imbalance_factor=None, accuracy='last'):
     "Per-class accuracy against training class size, one line per method (mean over seeds), one panel per dataset."
     import pandas as pd, seaborn as sns
@@ -45,7 +47,9 @@ def plot_per_class(res, view, imbalance_factor=None, accuracy='last'):
     df = df.groupby(['dataset', 'method', 'cls', 'size'], as_index=False)['acc'].mean()
     g = sns.relplot(data=df, x='size', y='acc', hue='method', hue_order=_order(view, runs), col='dataset', kind='line',
                     marker='o', markersize=4, height=3.4, aspect=1.3, facet_kws=dict(sharex=False), errorbar=None)
-    g.set(xscale='log'); g.set_axis_labels('training images of the class (log)', f'{accuracy}-epoch top-1 (%)'); g.set_titles('{col_name}')
+    g.set(xscale='log')
+    g.set_axis_labels('training images of the class (log)', f'{accuracy}-epoch top-1 (%)')
+    g.set_titles('{col_name}')
     g.figure.suptitle(f"{view['name']}: per-class accuracy" + (f" (IF {_fmt_if(imf)})" if imf is not None else ''), y=1.03)
     return g.figure
 
@@ -62,7 +66,8 @@ def plot_groups(res, view, imbalance_factor=None, accuracy='last'):
                        if g in x['metrics'][accuracy]['groups']['quartile']])
     g = sns.catplot(data=df, x='group', y='acc', hue='method', hue_order=_order(view, runs), col='dataset', kind='bar',
                     order=list(GROUPS), errorbar='sd', height=3.4, aspect=1.3)
-    g.set_axis_labels('class group (by training size)', f'{accuracy}-epoch top-1 (%)'); g.set_titles('{col_name}')
+    g.set_axis_labels('class group (by training size)', f'{accuracy}-epoch top-1 (%)')
+    g.set_titles('{col_name}')
     g.figure.suptitle(f"{view['name']}: accuracy by group" + (f" (IF {_fmt_if(imf)})" if imf is not None else ''), y=1.03)
     return g.figure
 
@@ -80,10 +85,12 @@ def plot_curves(res, view, imbalance_factor=None):
     g = sns.relplot(data=df, x='epoch', y='value', hue='method', hue_order=_order(view, runs), row='quantity', col='dataset',
                     kind='line', errorbar='sd', marker='o', markersize=3, height=2.8, aspect=1.5,
                     facet_kws=dict(sharey='row'))
-    g.set_titles('{col_name}: {row_name}'); g.set_ylabels('')
+    g.set_titles('{col_name}: {row_name}')
+    g.set_ylabels('')
     g.figure.suptitle(f"{view['name']}: training curves" + (f" (IF {_fmt_if(imf)})" if imf is not None else ''), y=1.03)
     return g.figure
 
+# %% ../nbs/05e_figures.ipynb #20252fbc
 def margin_matrix(class_counts, gamma=0.8):
     "M[m, n] = gamma * min(0, log n_n - log n_m) from ltpaper.losses.margin_logits (row m: the true class)."
     import torch
@@ -101,13 +108,16 @@ def plot_margins(class_counts, gamma=0.8, title=''):
     fig, ax = plt.subplots(figsize=(5.2, 4.4) if C <= 20 else (6, 5))
     sns.heatmap(M, ax=ax, cmap='mako', annot=C <= 10, fmt='.1f', square=True, cbar_kws=dict(label='margin added to logit n'),
                 xticklabels=C <= 20, yticklabels=C <= 20)
-    ax.set_xlabel('logit n (other class)'); ax.set_ylabel('true class m')
+    ax.set_xlabel('logit n (other class)')
+    ax.set_ylabel('true class m')
     ax.set_title(title or f'Inter-category margins M, gamma = {gamma}')
     return fig
 
+# %% ../nbs/05e_figures.ipynb #8df4cee3
 def save_figure(fig, figures_root, stem) -> list:
     "Save as PNG (150 dpi) and PDF (no timestamps, so reruns give the same files); return the paths."
-    root = Path(figures_root); root.mkdir(parents=True, exist_ok=True)
+    root = Path(figures_root)
+    root.mkdir(parents=True, exist_ok=True)
     paths = [root/f'{stem}.png', root/f'{stem}.pdf']
     fig.savefig(paths[0], dpi=150, bbox_inches='tight', metadata={'Software': None})
     fig.savefig(paths[1], bbox_inches='tight', metadata={'CreationDate': None, 'ModDate': None, 'Producer': None, 'Creator': None})

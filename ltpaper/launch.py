@@ -33,6 +33,7 @@ def _failed(job, err, executed=None) -> dict:
     _atomic_write_text(Path(job.out_dir)/'error.json', json.dumps(info, indent=1))
     return dict(table=job.table, row=job.row, seed=job.seed, executed=str(job.executed), state='failed', error=err)
 
+# %% ../nbs/05c_launch.ipynb #f685c988
 def _run_on_gpus(jobs, gpus, bar) -> list:
     import concurrent.futures as cf, multiprocessing as mp, queue, threading
     q, results, lock = queue.Queue(), [], threading.Lock()
@@ -51,7 +52,9 @@ def _run_on_gpus(jobs, gpus, bar) -> list:
                     pool = cf.ProcessPoolExecutor(1, mp_context=ctx, initializer=_gpu_worker_init, initargs=(gpu, os.getpid()))
                 res['gpu'] = gpu
                 with lock:
-                    results.append(res); bar.set_postfix_str(f"{j.row} seed{j.seed}" + (f" gpu{gpu}" if gpu is not None else '')); bar.update(1)
+                    results.append(res)
+                    bar.set_postfix_str(f"{j.row} seed{j.seed}" + (f" gpu{gpu}" if gpu is not None else ''))
+                    bar.update(1)
         finally: pool.shutdown()
     threads = [threading.Thread(target=worker, args=(g,), daemon=True) for g in gpus]
     for t in threads: t.start()
@@ -74,9 +77,12 @@ def _run_on_slurm(jobs, folder, slurm, bar) -> list:
         try: res = s.result()
         except Exception as e: res = _failed(j, f"submitit job {s.job_id} failed: {_one_line(e)}")
         res['job_id'] = s.job_id
-        results.append(res); bar.set_postfix_str(f"{j.row} seed{j.seed}"); bar.update(1)
+        results.append(res)
+        bar.set_postfix_str(f"{j.row} seed{j.seed}")
+        bar.update(1)
     return results
 
+# %% ../nbs/05c_launch.ipynb #2e7ec2a8
 def execute_jobs(jobs, gpus=None, launcher='local', slurm=None, folder=None, progress=True, desc='runs', n_jobs=1) -> list:
     "Run `jobs` locally (in turn, `n_jobs` at once on the CPU, or one per GPU) or on Slurm; a list of result dicts, one per job."
     from tqdm.auto import tqdm
@@ -87,5 +93,6 @@ def execute_jobs(jobs, gpus=None, launcher='local', slurm=None, folder=None, pro
         results = []
         for j in jobs:
             bar.set_postfix_str(f"{j.row} seed{j.seed}")
-            results.append(run_job(j)); bar.update(1)
+            results.append(run_job(j))
+            bar.update(1)
         return results

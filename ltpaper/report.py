@@ -46,8 +46,9 @@ def open_results(table, profile=None, results_root=None, seeds=None, tables_root
         d = roots['results']/'runs'/r.run_table/r.run_row
         found = sorted(int(p.name[4:]) for p in d.glob('seed*') if re.fullmatch(r'seed\d+', p.name)) if d.is_dir() else []
         for s in (seeds if seeds is not None else found):
-            j = Job(r.run_table, r.run_row, s, dict(r.train, seed=s), config_hash(dict(r.train, seed=s)),
-                    str(run_dir(roots['results'], r.run_table, r.run_row, s)), str(executed_path(roots['results'], r.run_table, r.run_row, s)))
+            out = run_dir(roots['results'], r.run_table, r.run_row, s)
+            executed = executed_path(roots['results'], r.run_table, r.run_row, s)
+            j = Job(r.run_table, r.run_row, s, dict(r.train, seed=s), config_hash(dict(r.train, seed=s)), str(out), str(executed))
             st, detail = job_state(j)
             if st == 'done':
                 runs.append(dict(row=r.name, seed=s, method=r.method, label=r.label, dataset=r.dataset,
@@ -56,6 +57,7 @@ def open_results(table, profile=None, results_root=None, seeds=None, tables_root
             elif st != 'missing': problems.append(f"{st}: {r.run_table}/{r.run_row} seed{s}: {detail}")
     return Results(table, profile, spec, rows, runs, problems, roots)
 
+# %% ../nbs/05d_report.ipynb #f3a35cdf
 def check_paper_parameters(results_root='', profile='', tables_root='', figures_root='', seeds='') -> dict:
     "Validate a paper notebook's papermill parameters (strings; '' = default); keyword arguments for `open_results`."
     for k, v in dict(results_root=results_root, profile=profile, tables_root=tables_root, figures_root=figures_root, seeds=seeds).items():
@@ -65,6 +67,7 @@ def check_paper_parameters(results_root='', profile='', tables_root='', figures_
     return dict(profile=profile, results_root=results_root or None, tables_root=tables_root or None,
                 figures_root=figures_root or None, seeds=parse_seeds(seeds) if seeds.strip() else None)
 
+# %% ../nbs/05d_report.ipynb #1da71f55
 def view_spec(res, name=None) -> dict:
     "A view (a rendered table) of the results' config, by name (default: the first)."
     views = res.spec['views']
@@ -127,14 +130,16 @@ def summarize(res, view=None, accuracy='last', configs_root=None):
             std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1)) if n > 1 else math.nan
             pv = _paper_value(paper_df, pspec, r, m)
             orient = bool(pspec and pspec.get('orientation'))
+            source = f"{pspec['table']} {DATASET_NAMES.get(pspec.get('dataset', r.dataset), r.dataset)}" if pv is not None else ''
             out.append(dict(view=view['name'], dataset=r.dataset, imbalance_factor=r.imbalance_factor, method=r.method,
                             label=_label(view, r), row=r.name, metric=m, accuracy=accuracy, n=n, mean=mean, std=std,
                             seeds=','.join(str(x['seed']) for x in sorted(runs, key=lambda x: x['seed'])),
                             paper=math.nan if pv is None else pv,
-                            paper_source=(f"{pspec['table']} {DATASET_NAMES.get(pspec.get('dataset', r.dataset), r.dataset)}" if pv is not None else ''),
+                            paper_source=source,
                             diff=math.nan if (pv is None or orient or n == 0) else mean - pv))
     return pd.DataFrame(out)
 
+# %% ../nbs/05d_report.ipynb #bf9dfc78
 def _cell(mean, std, n):
     if n == 0 or mean != mean: return '—'
     return f"{mean:.2f}" if n == 1 or std != std else f"{mean:.2f} ± {std:.2f}"
@@ -142,12 +147,15 @@ def _cell(mean, std, n):
 def _num(v, signed=False):
     return '—' if v != v else (f"{v:+.2f}" if signed else f"{v:.2f}")
 
+# %% ../nbs/05d_report.ipynb #c0f2eebc
 def format_view(summary, view):
     "Strings for display: each method on a 'reproduced' line, then 'paper' and 'Δ' lines (or a labelled orientation line)."
     import pandas as pd
     pspec = view.get('paper')
     orient = bool(pspec and pspec.get('orientation'))
-    paper_line = (f"paper, {DATASET_NAMES.get(pspec.get('dataset'), pspec.get('dataset'))} (orientation only)" if orient else 'paper') if pspec else None
+    paper_line = None
+    if pspec:
+        paper_line = f"paper, {DATASET_NAMES.get(pspec.get('dataset'), pspec.get('dataset'))} (orientation only)" if orient else 'paper'
     recs = []
     for _, s in summary.iterrows():
         col = (DATASET_NAMES.get(s.dataset, s.dataset), f"IF {_fmt_if(s.imbalance_factor)}") if view['kind'] == 'overall' else \
@@ -177,7 +185,8 @@ def _flat(df):
         idx = idx if isinstance(idx, tuple) else (idx,)
         shown = [('' if prev is not None and prev[:k + 1] == idx[:k + 1] else str(v)) for k, v in enumerate(idx)]
         shown[-1] = str(idx[-1])
-        body.append(shown + [str(v) for v in vals]); prev = idx
+        body.append(shown + [str(v) for v in vals])
+        prev = idx
     return header, body
 
 def to_markdown(df, caption='', notes=()) -> str:
@@ -205,11 +214,15 @@ def to_latex(df, caption='', label='') -> str:
     if label: lines.append(r'\label{' + label + '}')
     return '\n'.join(lines + [r'\end{table}']) + '\n'
 
+# %% ../nbs/05d_report.ipynb #38f6ca5f
 def table_caption(res, view, summary) -> tuple:
     "(caption, notes) for a rendered view."
     acc = summary['accuracy'].iloc[0] if len(summary) else 'last'
     ns = summary['n'][summary['n'] > 0]
-    nseeds = 'no runs yet' if ns.empty else (f"n = {ns.min()} seed(s) per cell" if ns.min() == ns.max() else f"n = {ns.min()}–{ns.max()} seeds per cell")
+    if ns.empty:
+        nseeds = 'no runs yet'
+    else:
+        nseeds = f"n = {ns.min()} seed(s) per cell" if ns.min() == ns.max() else f"n = {ns.min()}–{ns.max()} seeds per cell"
     what = 'last-epoch top-1 (%)' if acc == 'last' else 'BEST-epoch top-1 (%), the epoch chosen on the test set as the paper\'s code base did (optimistic)'
     cap = f"{view.get('caption') or res.spec.get('title', res.table)}: {what}, mean ± std over seeds; profile `{res.profile}`"
     p = view.get('paper')
@@ -230,7 +243,8 @@ def write_table(res, view, accuracy='last', configs_root=None) -> dict:
     shown = format_view(summary, view)
     cap, notes = table_caption(res, view, summary)
     stem = view['name'] + ('' if accuracy == 'last' else '_best')
-    root = Path(res.roots['tables']); root.mkdir(parents=True, exist_ok=True)
+    root = Path(res.roots['tables'])
+    root.mkdir(parents=True, exist_ok=True)
     paths = [root/f'{stem}.md', root/f'{stem}.tex', root/f'{stem}.csv']
     _atomic_write_text(paths[0], to_markdown(shown, cap, notes))
     _atomic_write_text(paths[1], to_latex(shown, cap + '. ' + ' '.join(notes), f'tab:{stem}'))

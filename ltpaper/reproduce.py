@@ -37,14 +37,21 @@ def reproduce(table, profile=None, rows=None, seeds=None, device=None, gpus=None
     todo, skipped = [], []
     for j in jobs:
         st, detail = job_state(j)
-        if st == 'done' and not force: skipped.append(j); continue
+        if st == 'done' and not force:
+            skipped.append(j)
+            continue
         if st in ('corrupt', 'stale'): log(f"{j.table}/{j.row} seed{j.seed}: {detail}: rerunning")
-        if force: _clear_run(j.out_dir)
+        if force:
+            _clear_run(j.out_dir)
         todo.append(j)
+    where = f" on GPUs {gpus}" if gpus else (f", {n_jobs} at once" if n_jobs > 1 else '')
+    via = f" via {launcher}" if launcher != 'local' else ''
     log(f"{table} (profile {profile}): {len(jobs)} run(s), {len(skipped)} already done, {len(todo)} to run"
-        + (f" on GPUs {gpus}" if gpus else (f", {n_jobs} at once" if n_jobs > 1 else '')) + (f" via {launcher}" if launcher != 'local' else '') + f"; results in {roots['results']}")
+        + where + via + f"; results in {roots['results']}")
     slurm = (spec['profiles'][profile] or {}).get('slurm')
-    results = execute_jobs(todo, gpus, launcher, slurm, roots['results']/'submitit', progress, desc=table, n_jobs=n_jobs) if todo else []
+    results = []
+    if todo:
+        results = execute_jobs(todo, gpus, launcher, slurm, roots['results']/'submitit', progress, desc=table, n_jobs=n_jobs)
     failed = [r for r in results if r['state'] != 'done']
     rendered = None
     if render_outputs:

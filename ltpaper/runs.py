@@ -44,6 +44,7 @@ def output_roots(profile, results_root=None) -> dict:
 def run_dir(results_root, table, row, seed) -> Path: return Path(results_root)/'runs'/table/row/f'seed{seed}'
 def executed_path(results_root, table, row, seed) -> Path: return Path(results_root)/'executed'/table/row/f'seed{seed}.ipynb'
 
+# %% ../nbs/05b_runs.ipynb #d6ff84e8
 def select_rows(rows, pattern=None) -> list:
     "Rows whose name matches one of the comma-separated globs in `pattern` (all rows when None)."
     if not pattern: return list(rows)
@@ -72,6 +73,7 @@ def plan_jobs(table, profile, rows=None, seeds=None, device=None, results_root=N
             jobs.append(Job(r.run_table, r.run_row, s, cfg, h, str(out), str(executed_path(root, r.run_table, r.run_row, s)), r.label))
     return jobs
 
+# %% ../nbs/05b_runs.ipynb #68d7b958
 _REQUIRED = ('schema', 'config', 'status', 'last', 'best', 'history', 'class_counts')
 
 def read_metrics(path) -> dict:
@@ -87,7 +89,9 @@ def read_metrics(path) -> dict:
     return rec
 
 def _pid_alive(pid) -> bool:
-    try: os.kill(int(pid), 0); return True
+    try:
+        os.kill(int(pid), 0)
+        return True
     except PermissionError: return True
     except (ProcessLookupError, ValueError, TypeError, OverflowError): return False
 
@@ -119,20 +123,23 @@ def job_state(job) -> tuple:
         if info.get('config_hash') == job.config_hash:
             return 'failed', f"{info.get('error', '?')} (notebook: {info.get('executed_notebook', '?')})"
     held = lock_holder(out)
-    if held is not None: return 'started', f"running now: pid {held.get('pid')} on {held.get('host')} since {held.get('since')} ({out/'run.lock'})"
+    if held is not None:
+        return 'started', f"running now: pid {held.get('pid')} on {held.get('host')} since {held.get('since')} ({out/'run.lock'})"
     if (out/'checkpoint.pt').exists(): return 'started', f"{out/'checkpoint.pt'} but no metrics.json: interrupted (a rerun resumes it)"
     return 'missing', ''
 
 # %% ../nbs/05b_runs.ipynb #7b99f67c
 def _atomic_write_text(path, text):
     "Write via a temp file in the same folder + os.replace: readers never see half a file."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     try:
         with os.fdopen(fd, 'w') as f: f.write(text)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True); raise
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 def fake_metrics(job, top1=50.0, class_counts=(100, 40, 10, 4), epochs=2, seed_noise=0.0) -> dict:
     "A metrics.json in the contract's schema for `job`, with made-up accuracies (for demos and tests only)."
@@ -163,7 +170,8 @@ def paper_notebook(table, configs_root=None) -> Path:
     "nbs/paper/<notebook>.ipynb of a table (`notebook:` in its config, default the table's name)."
     name = load_table(table, configs_root).get('notebook') or table
     p = project_root()/'nbs'/'paper'/f'{name}.ipynb'
-    if not p.is_file(): raise FileNotFoundError(f"{p} not found: table {table} needs its paper notebook (set `notebook:` in its config) or --no-render")
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} not found: table {table} needs its paper notebook (set `notebook:` in its config) or --no-render")
     return p
 
 @contextlib.contextmanager
@@ -189,6 +197,7 @@ def _one_line(ex) -> str:
     else: msg = f"{type(ex).__name__}: {ex}"
     return ' '.join(msg.split())[:500]
 
+# %% ../nbs/05b_runs.ipynb #31306f5d
 def _clear_run(out):
     for n in ('metrics.json', 'error.json', 'checkpoint.pt', 'pending.json'): (Path(out)/n).unlink(missing_ok=True)
 
@@ -201,16 +210,19 @@ def _take_lock(out):
         except FileExistsError:
             held = lock_holder(out)
             if held is not None: return held
-            lock.unlink(missing_ok=True); continue       # stale: its process is gone
+            lock.unlink(missing_ok=True)
+            continue   # stale: its process is gone
         with os.fdopen(fd, 'w') as f: f.write(json.dumps(me))
         return None
     return lock_holder(out) or {'pid': '?', 'host': '?', 'since': 'now'}
 
+# %% ../nbs/05b_runs.ipynb #64b420cc
 def run_job(job, notebook=None, kernel_name='python3') -> dict:
     "Execute the experiment notebook for one job; return {state: done|failed, ...}; failures go to error.json."
     import papermill as pm
     out, executed = Path(job.out_dir), Path(job.executed)
-    out.mkdir(parents=True, exist_ok=True); executed.parent.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    executed.parent.mkdir(parents=True, exist_ok=True)
     base = dict(table=job.table, row=job.row, seed=job.seed, executed=str(executed))
     held = _take_lock(out)   # two `ltpaper reproduce` calls never run one row at once (nor delete each other's files)
     if held is not None:

@@ -88,9 +88,11 @@ def evaluate(model: nn.Module, loader, targets: torch.Tensor, num_classes: int, 
         if channels_last: x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             pred = model(x).argmax(1)
-        hit[idx] = (pred == y).int(); seen[idx] = 1
+        hit[idx] = (pred == y).int()
+        seen[idx] = 1
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(hit, op=dist.ReduceOp.MAX); dist.all_reduce(seen, op=dist.ReduceOp.MAX)
+        dist.all_reduce(hit, op=dist.ReduceOp.MAX)
+        dist.all_reduce(seen, op=dist.ReduceOp.MAX)
     if int(seen.min()) == 0: raise RuntimeError(f"evaluation saw {int(seen.sum())} of {n} images; the loader must cover its dataset")
     model.train(was_training)
     return accuracy_record(hit, targets, num_classes, groups)
@@ -120,7 +122,9 @@ def atomic_write(path: Path, write):  # write(file_object) fills a temp file tha
     tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
     try:
         with open(tmp, 'wb') as f:
-            write(f); f.flush(); os.fsync(f.fileno())
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:   # e.g. disk full: name the file; the previous `path` is untouched
         raise OSError(e.errno, f"could not write {path}: {e.strerror or e}") from e
@@ -165,7 +169,8 @@ def _git_info():
     try:
         commit = subprocess.run(['git', '-C', str(root), 'rev-parse', 'HEAD'], capture_output=True, text=True, timeout=10)
         if commit.returncode != 0: return None, None
-        dirty = subprocess.run(['git', '-C', str(root), 'status', '--porcelain', '--untracked-files=no'], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(['git', '-C', str(root), 'status', '--porcelain', '--untracked-files=no'],
+                               capture_output=True, text=True, timeout=10)
         return commit.stdout.strip(), bool(dirty.stdout.strip()) if dirty.returncode == 0 else None
     except (OSError, subprocess.SubprocessError): return None, None
 
@@ -276,6 +281,7 @@ def _finished_before(c: TrainConfig, h: str, ckpt_path: Path, metrics_path: Path
     ok = isinstance(prev, dict) and prev.get('status') == 'complete' and prev.get('config_hash') == h
     return prev if ok else None
 
+# %% ../nbs/04_train.ipynb #9e16b24a
 def _build_data(c: TrainConfig, rank: int, world: int, device):
     subset_seed = c.seed if c.subset_seed is None else c.subset_seed      # the subset does not change with the run seed
     kw = dict(root=c.data_root, imbalance_factor=c.imbalance_factor, seed=subset_seed, val_per_class=c.val_per_class)
@@ -298,6 +304,7 @@ def _build_data(c: TrainConfig, rank: int, world: int, device):
     val_loader = make_loader(val_set, c.eval_batch_size, train=False, **lkw) if val_set is not None else None
     return train_set, test_set, val_set, counts, train_loader, test_loader, val_loader
 
+# %% ../nbs/04_train.ipynb #31331f5f
 @dataclass
 class _Run:
     "What one training session works with, built by `_build_run`."
@@ -427,6 +434,7 @@ def _record_epoch(r: _Run, st: dict, epoch: int, train_loss: float, lr: float, r
         save_checkpoint(r.ckpt_path, state)
     return hist
 
+# %% ../nbs/04_train.ipynb #0023d36f
 def _epoch_line(h: dict, epochs: int, best: dict|None) -> str:
     s = f"epoch {h['epoch']}/{epochs}  loss {h['train_loss']:.4f}  lr {h['lr']:.4g}"
     if h['top1'] is not None:
@@ -435,6 +443,7 @@ def _epoch_line(h: dict, epochs: int, best: dict|None) -> str:
         s += f"  val {h['val_top1']:.2f}%"
     return s + f"  {h['epoch_time_s']:.1f}s"
 
+# %% ../nbs/04_train.ipynb #f42209f3
 def _run_epochs(r: _Run, st: dict, t_setup: float):
     "Epochs from `st['epoch']` to the last, with a tqdm bar on a terminal or one line per epoch otherwise."
     c = r.c
