@@ -20,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-CHILD = ("import json, sys; from ltpaper.train import TrainConfig, train; "
+CHILD = ("import json, sys; from ltpaper.config import TrainConfig; from ltpaper.train import train; "
          "train(TrainConfig(**json.load(open(sys.argv[1]))))")
 
 def plan(rows, seed, results_root, device, data_root, epochs=None):
