@@ -20,11 +20,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-CHILD = ("import json, sys; from ltpaper.train import TrainConfig, train; "
+CHILD = ("import json, sys; from ltpaper.config import TrainConfig; from ltpaper.train import train; "
          "train(TrainConfig(**json.load(open(sys.argv[1]))))")
 
 def plan(rows, seed, results_root, device, data_root, epochs=None):
-    from ltpaper.reproduce import config_hash, plan_jobs
+    from ltpaper.config import config_hash
+    from ltpaper.runs import plan_jobs
     jobs = plan_jobs('fmnist_lt', 'paper', rows=rows, seeds=[seed], results_root=results_root, device=device)
     for j in jobs:
         j.config.update(data_root=str(data_root), progress=True, resume=False, num_workers=0)   # progress: one line per epoch in the log
@@ -99,7 +100,8 @@ def run(ns):
 
 def install(src):
     "Copy fetched metrics files into results/paper/runs/fmnist_lt/<row>/seed<s>/metrics.json, checking their hashes."
-    from ltpaper.reproduce import config_hash, output_roots, run_dir
+    from ltpaper.config import config_hash
+    from ltpaper.runs import output_roots, run_dir
     root = output_roots('paper')['results']
     n = 0
     for f in sorted(Path(src).glob('fmnist_lt-*-seed*.metrics.json')):

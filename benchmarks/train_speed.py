@@ -39,7 +39,8 @@ from torch.utils.data import DataLoader, Dataset
 from ltpaper.data import LTDataset, longtail_counts, make_loader
 from ltpaper.losses import build_loss
 from ltpaper.models import build_model
-from ltpaper.train import TrainConfig, train_one_epoch
+from ltpaper.config import TrainConfig
+from ltpaper.train import train_one_epoch
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 

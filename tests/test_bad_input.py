@@ -9,12 +9,13 @@ import pytest
 import torch
 
 import ltpaper.reproduce as R
+import ltpaper.runs as RUNS
 from ltpaper import data as D
 from ltpaper import readers as DR
 from ltpaper.cli import main
+from ltpaper.config import TrainConfig, check_notebook_parameters
 from ltpaper.losses import build_loss
-from ltpaper.reproduce import check_notebook_parameters, plan_jobs, run_job
-from ltpaper.train import TrainConfig
+from ltpaper.runs import plan_jobs, run_job
 
 from helpers import write_fmnist
 
@@ -72,7 +73,7 @@ def results(tmp_path):
     "An existing results folder with a finished run in it: a refused command must leave it byte for byte."
     rr = tmp_path/'results'
     job = plan_jobs('fmnist_lt', 'smoke', rows='softmax-if100', seeds=[0], results_root=rr)[0]
-    R.fake_metrics(job)
+    RUNS.fake_metrics(job)
     snap = lambda: {p: p.read_bytes() for p in rr.rglob('*') if p.is_file()}
     return rr, snap, snap()
 
@@ -207,11 +208,11 @@ def test_no_eval_exec_or_unsafe_yaml_in_the_package():
         assert not re.search(r'(?<![\w.])(eval|exec|compile)\s*\(', code.replace('torch.compile(', '')), p.name
         assert not re.search(r'yaml\.(load|unsafe_load|full_load|load_all)\s*\(', code), p.name
         assert 'pickle.loads(' not in code or p.name == 'data.py', p.name   # data.py unpickles CIFAR batches only
-    assert 'yaml.safe_load(' in (ROOT/'ltpaper'/'reproduce.py').read_text()
+    assert 'yaml.safe_load(' in (ROOT/'ltpaper'/'tables.py').read_text()
 
 def test_parameters_validated_before_injection():
     "Both papermill callers validate what they inject: run_job via notebook_parameters, the notebook itself again."
-    src = (ROOT/'ltpaper'/'reproduce.py').read_text()
+    src = (ROOT/'ltpaper'/'runs.py').read_text() + (ROOT/'ltpaper'/'launch.py').read_text()
     body = src[src.index('def run_job('):src.index('def _gpu_worker_init')]
     assert body.index('notebook_parameters(job)') < body.index('pm.execute_notebook(')
     nb = json.loads((ROOT/'nbs'/'experiments'/'train.ipynb').read_text())

@@ -44,8 +44,8 @@ GPR = ROOT / 'benchmarks' / 'gpu_paper_runs.py'
 def test_gpu_paper_runs_plans_the_paper_profile_exactly():
     sys.path.insert(0, str(ROOT / 'benchmarks'))
     import gpu_paper_runs as g
-    from ltpaper.reproduce import plan_jobs
-    from ltpaper.train import TrainConfig
+    from ltpaper.runs import plan_jobs
+    from ltpaper.config import TrainConfig
     rows = 'softmax-if100,seesaw-if100,ours-if100'
     want = {j.row: j.config_hash for j in plan_jobs('fmnist_lt', 'paper', rows=rows, seeds=[0], results_root='/tmp/x')}
     got = g.plan(rows, 0, '/tmp/x', 'cuda', '.fmnist')

@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import ltpaper.reproduce as R
-from ltpaper.reproduce import _atomic_write_text, cli_reproduce, cli_status
-from ltpaper.train import atomic_write, cli_train, load_checkpoint, train
+import ltpaper.launch as L
+import ltpaper.runs as R
+from ltpaper.cli import cli_reproduce, cli_status, cli_train
+from ltpaper.runs import _atomic_write_text
+from ltpaper.train import atomic_write, load_checkpoint, train
 
 from helpers import DRIVER, FMNIST, cli, comparable, env, smoke
 
@@ -233,7 +235,7 @@ def test_truncated_metrics_reported_corrupt_and_rerun(killed_table):
         ran.append(job.row); R.fake_metrics(job)
         return dict(table=job.table, row=job.row, seed=job.seed, state='done', executed=job.executed)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(R, 'run_job', fake_run)
+        mp.setattr(L, 'run_job', fake_run)
         code, out, _ = cli(cli_reproduce, _args(rr, '--no-render', '--rows', 'softmax-if100,seesaw-if100'))
     assert code == 0 and ran == ['softmax-if100'] and f'{m} is corrupt' in out and 'rerunning' in out, out
     assert R.read_metrics(m)['status'] == 'complete'

@@ -10,11 +10,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import ltpaper.cli as CLI
+import ltpaper.launch as L
 import ltpaper.reproduce as R
-from ltpaper.reproduce import (HASH_EXCLUDE, cli_reproduce, cli_status, config_hash, expand_table, fake_metrics,
-                               job_state, list_tables, load_table, open_results, plan_jobs, run_job, summarize, write_table)
+import ltpaper.runs as RUNS
+import ltpaper.tables as T
+from ltpaper.cli import cli_reproduce, cli_status
+from ltpaper.config import RUN_CONTROL_FIELDS as HASH_EXCLUDE, TrainConfig, config_hash
+from ltpaper.report import open_results, summarize, write_table
+from ltpaper.runs import fake_metrics, job_state, plan_jobs, run_job
 from ltpaper.settings import PROFILES
-from ltpaper.train import TrainConfig
+from ltpaper.tables import expand_table, list_tables, load_table
 
 from helpers import cli
 
@@ -109,7 +115,7 @@ def test_every_table_and_profile_expands_to_valid_train_configs(table, profile):
     rows = expand_table(table, profile)    # validates every row with TrainConfig (names, ranges, a trial loss build)
     assert len(rows) == ROWS[table]
     names = [r.name for r in rows]
-    assert len(set(names)) == len(names) and all(R._SLUG.fullmatch(n) for n in names)
+    assert len(set(names)) == len(names) and all(T._SLUG.fullmatch(n) for n in names)
     for r in rows:
         c = TrainConfig.from_dict(r.train)
         assert (c.dataset, c.loss) == (r.dataset, load_table(table)['methods'][r.method]['loss'])
@@ -148,7 +154,7 @@ def test_table_specific_settings():
     assert len({fm[f'softmax-if{f}']['epochs'] for f in (500, 100, 10, 1)}) > 1          # the per-IF epochs of the cpu profile
     assert len(plan_jobs('fmnist_lt', 'cpu')) == 105                                      # 35 rows x the config's 3 seeds
     assert {'fmnist_lt', 'table1', 'table2', 'table3'} <= set(list_tables())
-    assert all(R.paper_notebook(t).is_file() for t in ROWS)
+    assert all(RUNS.paper_notebook(t).is_file() for t in ROWS)
 
 
 def test_every_config_in_configs_expands():
@@ -160,7 +166,7 @@ def test_every_config_in_configs_expands():
 
 def test_configs_root_setting_and_a_table_without_paper_notebook(tmp_path, monkeypatch):
     cfg = tmp_path/'configs'; cfg.mkdir()
-    (cfg/'mytable.yaml').write_text((R.project_root()/'configs'/'fmnist_lt.yaml').read_text().replace('table: fmnist_lt', 'table: mytable'))
+    (cfg/'mytable.yaml').write_text((T.project_root()/'configs'/'fmnist_lt.yaml').read_text().replace('table: fmnist_lt', 'table: mytable'))
     monkeypatch.setenv('LTPAPER_CONFIGS_ROOT', str(cfg))
     assert list_tables() == ['mytable']
     code, out, err = cli(cli_reproduce, ['mytable', '--profile', 'smoke', '--results-root', str(tmp_path/'r')])
@@ -201,7 +207,7 @@ BAD = [(['table9'], "unknown table 'table9'"),
 
 @pytest.mark.parametrize('argv,msg', BAD)
 def test_bad_reproduce_arguments(argv, msg, tmp_path, monkeypatch):
-    monkeypatch.setattr(R, '_device_count', lambda: 2)
+    monkeypatch.setattr(CLI, '_device_count', lambda: 2)
     monkeypatch.setattr(R, 'execute_jobs', lambda *a, **k: pytest.fail('nothing may run on bad arguments'))
     code, out, err = cli(cli_reproduce, argv + ['--results-root', str(tmp_path/'r')])
     assert code == 2 and msg in err and err.count('\n') == 1 and err.startswith('ltpaper reproduce: error: '), err
@@ -215,14 +221,14 @@ def test_bad_status_arguments(argv, msg):
 
 def test_bad_arguments_from_a_fresh_interpreter(tmp_path):
     "The real process: exit code 2, one stderr line, nothing on stdout, nothing written."
-    code = 'import sys; from ltpaper.reproduce import cli_reproduce; sys.exit(cli_reproduce(sys.argv[1:]))'
+    code = 'import sys; from ltpaper.cli import cli_reproduce; sys.exit(cli_reproduce(sys.argv[1:]))'
     p = subprocess.run([sys.executable, '-c', code, 'table1', '--rows', 'nope', '--results-root', str(tmp_path)], capture_output=True,
-                       text=True, cwd=R.project_root(), env={**os.environ, 'PYTHONPATH': str(R.project_root())})
+                       text=True, cwd=T.project_root(), env={**os.environ, 'PYTHONPATH': str(T.project_root())})
     assert p.returncode == 2 and 'matches no row' in p.stderr and p.stderr.count('\n') == 1 and p.stdout == '', p.stderr
     assert list(tmp_path.iterdir()) == []
 
 def test_cuda_without_a_gpu_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(R, '_device_count', lambda: 0)
+    monkeypatch.setattr(CLI, '_device_count', lambda: 0)
     code, out, err = cli(cli_reproduce, ['fmnist_lt', '--device', 'cuda', '--results-root', str(tmp_path)])
     assert code == 2 and 'no CUDA device is visible' in err and err.count('\n') == 1 and not any(tmp_path.iterdir())
 
@@ -234,7 +240,7 @@ def test_skip_force_stale_and_corrupt_without_training(tmp_path, monkeypatch):
     def fake_run(job, **kw):
         ran.append(job.row); fake_metrics(job)
         return dict(table=job.table, row=job.row, seed=job.seed, state='done', executed=job.executed)
-    monkeypatch.setattr(R, 'run_job', fake_run)
+    monkeypatch.setattr(L, 'run_job', fake_run)
     args = ['fmnist_lt', '--profile', 'smoke', '--rows', 'softmax-if100,ours-if100', '--seeds', '0,1', '--no-render', '--results-root', str(tmp_path)]
     assert cli(cli_reproduce, args)[0] == 0 and sorted(ran) == ['ours-if100'] * 2 + ['softmax-if100'] * 2
     ran.clear()
@@ -412,7 +418,7 @@ def test_table3_reuses_table2_runs(data_root, shared_root):
 @pytest.mark.slow
 def test_gpus_run_concurrently_one_worker_per_device(tmp_path, data_root, monkeypatch):
     "--gpus 0,1 on a CPU machine (device count patched): two worker processes, CUDA_VISIBLE_DEVICES 0 and 1, overlapping runs."
-    monkeypatch.setattr(R, '_device_count', lambda: 2)
+    monkeypatch.setattr(CLI, '_device_count', lambda: 2)
     rows = ('inaturalist2017-softmax', 'inaturalist2017-ours')
     args = ['table2', '--profile', 'smoke', '--rows', ','.join(rows), '--seeds', '0',
             '--gpus', '0,1', '--device', 'cpu', '--no-render', '--results-root', str(tmp_path)]

@@ -9,8 +9,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ltpaper.losses import LOSSES
-from ltpaper.train import (NonFiniteLossError, TrainConfig, cli_train, config_hash, limit_dataset, load_checkpoint,
-                           parse_train_args, train)
+from ltpaper.cli import cli_train, parse_train_args
+from ltpaper.config import TrainConfig, config_hash
+from ltpaper.train import NonFiniteLossError, limit_dataset, load_checkpoint, train
 from ltpaper.data import build_dataset
 
 from helpers import DRIVER, FMNIST, comparable, env, smoke
@@ -180,7 +181,7 @@ def test_sigkill_then_resume_gives_uninterrupted_metrics(tmp_path):
 
 def test_ddp_two_gloo_processes(tmp_path):
     driver = tmp_path / 'cli.py'
-    driver.write_text('import sys\nfrom ltpaper.train import cli_train\nsys.exit(cli_train(sys.argv[1:]))\n')
+    driver.write_text('import sys\nfrom ltpaper.cli import cli_train\nsys.exit(cli_train(sys.argv[1:]))\n')
     out = tmp_path / 'ddp'
     args = ['--dataset', 'fmnist_lt', '--model', 'small_resnet', '--loss', 'ours', '--epochs', '2', '--batch-size', '64',
             '--lr', '0.05', '--warmup-epochs', '1', '--milestones', '', '--lr-decay', '', '--limit-train', '400', '--limit-test', '200',

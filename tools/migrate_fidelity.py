@@ -23,7 +23,7 @@ import json, os, shutil, sys, tempfile
 from pathlib import Path
 
 from ltpaper.losses import effective_hparams, loss_hparams
-from ltpaper.train import config_hash
+from ltpaper.config import config_hash
 
 ROOT = Path(__file__).resolve().parents[1]/'results'
 PAPER_KEYS = set(loss_hparams('ours'))
