@@ -275,7 +275,7 @@ def cli_fetch(argv=None) -> int:
         return int(e.code or 0)
     except _ArgError as e:
         return _error('fetch', e)
-    from ltpaper.data import _fetch
+    from ltpaper.datasets import _fetch
     try:
         base, note = _fetch(a.name, a.root, download=not a.no_download)
     except (FileNotFoundError, ValueError) as e:

@@ -5,17 +5,16 @@
 # %% auto #0
 __all__ = ['AUGMENTATIONS', 'Augmentation', 'DATASETS', 'DEBIAN_FMNIST', 'DatasetSpec', 'GROUP_SCHEMES', 'IDX_IMAGES',
            'IDX_LABELS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'LTDataset', 'LTLoader', 'PROFILES', 'SPLITS', 'TINY_MD5',
-           'TINY_URL', 'build_dataset', 'class_groups', 'cli_fetch', 'crop_flip_batch', 'decode_images', 'fetch',
-           'longtail_counts', 'longtail_split', 'make_loader', 'normalize_batch', 'read_idx', 'rotate_flip_batch']
+           'TINY_URL', 'build_dataset', 'class_groups', 'crop_flip_batch', 'decode_images', 'fetch', 'longtail_counts',
+           'longtail_split', 'make_loader', 'normalize_batch', 'read_idx', 'rotate_flip_batch']
 
 # %% ../nbs/02_data.ipynb #7718a381
 from .longtail import GROUP_SCHEMES, PROFILES, class_groups, longtail_counts, longtail_split
 from .readers import DEBIAN_FMNIST, IDX_IMAGES, IDX_LABELS, TINY_MD5, TINY_URL, decode_images, read_idx
-from .datasets import (DATASETS, IMAGENET_MEAN, IMAGENET_STD, SPLITS, DatasetSpec, LTDataset, build_dataset, cli_fetch,
-                              fetch)
+from .datasets import (DATASETS, IMAGENET_MEAN, IMAGENET_STD, SPLITS, DatasetSpec, LTDataset, build_dataset, fetch)
 from .loader import AUGMENTATIONS, Augmentation, LTLoader, crop_flip_batch, make_loader, normalize_batch, rotate_flip_batch
 
 _all_ = ['AUGMENTATIONS', 'Augmentation', 'DATASETS', 'DEBIAN_FMNIST', 'DatasetSpec', 'GROUP_SCHEMES', 'IDX_IMAGES', 'IDX_LABELS',
          'IMAGENET_MEAN', 'IMAGENET_STD', 'LTDataset', 'LTLoader', 'PROFILES', 'SPLITS', 'TINY_MD5', 'TINY_URL', 'build_dataset',
-         'class_groups', 'cli_fetch', 'crop_flip_batch', 'decode_images', 'fetch', 'longtail_counts', 'longtail_split', 'make_loader',
+         'class_groups', 'crop_flip_batch', 'decode_images', 'fetch', 'longtail_counts', 'longtail_split', 'make_loader',
          'normalize_batch', 'read_idx', 'rotate_flip_batch']

@@ -4,10 +4,9 @@
 
 # %% auto #0
 __all__ = ['TRANSFORMS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'DATASETS', 'SPLITS', 'DatasetSpec', 'LTDataset', 'build_dataset',
-           'fetch', 'cli_fetch']
+           'fetch']
 
 # %% ../nbs/02c_datasets.ipynb #f119c4e1
-import argparse, sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -233,24 +232,3 @@ def _fetch(name, root=None, download=True):
 def fetch(name, root=None, download=True) -> Path:
     "Make sure dataset `name` is in place (download where allowed), verify it, return its folder; else one-line FileNotFoundError."
     return _fetch(name, root, download)[0]
-
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message):
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-def cli_fetch(argv=None) -> int:
-    "`ltpaper fetch NAME [--root DIR] [--no-download]`: make the dataset available and print where it is."
-    p = _OneLineParser(prog='ltpaper fetch', description="Make a dataset available (download where allowed), verify it and print where its files are.")
-    p.add_argument('name', choices=sorted(DATASETS), help='dataset name')
-    p.add_argument('--root', default=None, help="dataset root (default: data_root from settings.ini)")
-    p.add_argument('--no-download', action='store_true', help='only look for the files, never download')
-    try: a = p.parse_args(argv)
-    except SystemExit as e: return int(e.code or 0)
-    try: base, note = _fetch(a.name, a.root, download=not a.no_download)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"ltpaper fetch: {e}", file=sys.stderr)
-        return 2
-    files = ', '.join(sorted(p.name for p in base.iterdir()))[:300] if base.is_dir() else ''
-    print(f"{a.name}: {base} ({files}); {note}")
-    return 0

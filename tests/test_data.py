@@ -11,7 +11,8 @@ from PIL import Image
 
 from ltpaper import data as D
 from ltpaper import readers as R   # where DEBIAN_FMNIST is read: patch it there
-from ltpaper.data import build_dataset, class_groups, cli_fetch, fetch, longtail_counts, make_loader, read_idx
+from ltpaper.cli import cli_fetch
+from ltpaper.data import build_dataset, class_groups, fetch, longtail_counts, make_loader, read_idx
 
 from helpers import idx_bytes, write_fmnist
 
