@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['COMMANDS', 'train_parser', 'parse_train_args', 'cli_train', 'parse_gpus', 'reproduce_parser', 'status_parser',
-           'cli_reproduce', 'cli_status', 'fetch_parser', 'cli_fetch', 'usage', 'main']
+           'cli_reproduce', 'cli_status', 'fetch_parser', 'cli_fetch', 'verify_parser', 'cli_verify', 'usage', 'main']
 
 # %% ../nbs/06_cli.ipynb #357f5d30
 import argparse, json, os, sys, typing
@@ -286,11 +286,42 @@ def cli_fetch(argv=None) -> int:
     return 0
 
 # %% ../nbs/06_cli.ipynb #52a1c90a
+def verify_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog='ltpaper verify',
+                description="Rerun committed runs with today's code in a temporary folder; compare with their metrics.json.")
+    _common_args(p)
+    p.add_argument('--sample', type=int, help='verify a seeded random sample of this many committed runs')
+    p.add_argument('--sample-seed', type=int, default=0, help='seed of --sample (default 0)')
+    p.add_argument('--jobs', type=int, default=1, help='runs at once, one CPU thread each (default 1)')
+    p.add_argument('--gpu-tol', type=float, default=0.5,
+                   help='tolerance in accuracy points for runs made on a GPU (CPU runs are compared exactly)')
+    return p
+
+def cli_verify(argv=None) -> int:
+    "`ltpaper verify TABLE [--profile P] [--rows GLOB] [--seeds S] [--sample N] [--jobs N]`: do committed runs reproduce?"
+    try:
+        ns = verify_parser().parse_args(argv)
+        r = _resolve(ns)
+        _need(ns.sample is None or ns.sample >= 1, f"--sample {ns.sample}: give a number of runs >= 1")
+        _need(1 <= ns.jobs <= 64, f"--jobs {ns.jobs}: give the number of runs at once, 1 to 64")
+    except SystemExit as e:   # --help
+        return int(e.code or 0)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        return _error('verify', e)
+    from ltpaper.verify import format_report, verify
+    report = verify(ns.table, r['profile'], ns.rows, r['seeds'], ns.sample, ns.sample_seed, ns.results_root, ns.jobs,
+                    ns.gpu_tol, progress=False)
+    print(format_report(report))
+    compared = [x for x in report if x['result'] in ('equal', 'differs')]
+    return 1 if not compared or any(x['result'] == 'differs' for x in report) else 0
+
+# %% ../nbs/06_cli.ipynb #e47081a2
 COMMANDS = {
     'train':     (cli_train, 'train one configuration (TrainConfig fields as --flags)'),
     'reproduce': (cli_reproduce, 'run a paper table through papermill, render tables and figures'),
     'status':    (cli_status, 'list done / missing / failed rows of a table'),
     'fetch':     (cli_fetch, 'make sure a dataset is on disk, or say how to get it'),
+    'verify':    (cli_verify, 'rerun committed runs with today\'s code and compare them number for number'),
 }
 
 def usage():

@@ -11,7 +11,7 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-from .reproduce import job_state, plan_jobs, read_metrics
+from .runs import job_state, plan_jobs, read_metrics
 
 # %% ../nbs/05f_verify.ipynb #6b89f1b8
 VOLATILE = ('epoch_time_s',)        # history keys that measure speed, not results
