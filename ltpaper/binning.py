@@ -105,10 +105,10 @@ def _pyramid_steps(n, device):
         _PYRAMID[key] = ((K - L).to(device), (b * (2 ** L - 1)).to(device))
     return _PYRAMID[key]
 
-def _pyramid_index(cls, cell, n, P):
-    "(B, K) flat positions, in a (C, P) pyramid buffer, of the blocks holding each (class, fine cell), coarsest first."
+def _pyramid_index(cls, cell, n, P, first=0):
+    "(B, K - first) flat positions, in a (C, P) pyramid buffer, of the blocks of levels first.. holding each (class, fine cell)."
     shift, start = _pyramid_steps(n, cell.device)
-    return (cls * P)[:, None] + start + (cell[:, None] >> shift)
+    return (cls * P)[:, None] + start[first:] + (cell[:, None] >> shift[first:])
 
 # %% ../nbs/01_binning.ipynb #a4ff31c6
 def _dense_cap(tau):
@@ -130,7 +130,7 @@ def _take(buf, pos):
 
 def _running_width(blocks, hist, rc, bins, depth, tau):
     "(Z, total, thr) of each row's class rc (R,), walking down from the base bins through the heaviest blocks of each level."
-    (P, n), dev = blocks.shape[1:] + hist.shape[1:], rc.device
+    P, n, dev = blocks.shape[1], hist.shape[1], rc.device
     K, b = _halvings(n), n >> _halvings(n)
     L0 = K - depth                                                  # the pyramid level of the base bins
     base = rc[:, None] * P if L0 < K else rc[:, None] * n - P      # flat position of each row's pyramid (or fine cells)
@@ -163,7 +163,7 @@ def running_block_stats(blocks, hist, row_class, cell, bins, depth=0, tau=float(
     ri = torch.arange(len(cell), device=cell.device) if row_index is None else row_index
     Z, tot, thr = _running_width(blocks, hist, row_class, bins, depth, tau)
     cls = row_class[ri]
-    up = _pyramid_index(cls, cell, n, blocks.shape[1])[:, _halvings(n) - depth:]          # (B, depth) levels 0..d-1
+    up = _pyramid_index(cls, cell, n, blocks.shape[1], _halvings(n) - depth)             # (B, depth) levels 0..d-1
     path = torch.cat([_take(blocks, up), _take(hist, cls * n + cell)[:, None]], 1)        # (B, depth+1)
     mass, level = _first_sparse(path, thr[ri], depth)
     return mass, level, Z[ri], tot[ri]
