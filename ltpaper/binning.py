@@ -125,8 +125,8 @@ def _slot_width(sizes, device, dtype):
     return _SLOT_WIDTH[key]
 
 def _take(buf, pos):
-    "buf.view(-1)[pos] as one index_select."
-    return buf.view(-1).index_select(0, pos.reshape(-1)).view(pos.shape)
+    "buf.view(-1)[pos]: the flat positions pos (any shape) of buf."
+    return torch.take(buf, pos)
 
 def _running_width(blocks, hist, rc, bins, depth, tau):
     "(Z, total, thr) of each row's class rc (R,), walking down from the base bins through the heaviest blocks of each level."
@@ -248,13 +248,11 @@ class _SlotHistogram(nn.Module):
         self.blocks.view(-1).index_add_(0, up.view(-1), value[:, None].expand_as(up).reshape(-1))
 
     def _write(self, target, cell, pos, keep):
-        "Store the kept cells in slots `pos`; returns the changes (class, cell, -1 or +1) that remove the old cells and add the new."
+        "Store the kept cells in slots `pos`; returns (class, cell, 0 or -1) of the cells they held, to remove from hist."
         old, old_cls = self.cells[pos], self.slot_class[pos]     # a slot remembers its class (a bank index may change class)
         self.cells[pos] = torch.where(keep, cell, torch.full_like(cell, -1))
         self.slot_class[pos] = torch.where(keep, target, torch.full_like(target, -1))
-        one = keep.to(self.hist.dtype)
-        return (torch.cat([old_cls.clamp(min=0), target]), torch.cat([old.clamp(min=0), cell]),
-                torch.cat([-((old >= 0) & keep).to(one.dtype), one]))
+        return old_cls.clamp(min=0), old.clamp(min=0), -((old >= 0) & keep).to(self.hist.dtype)
 
     def block_stats(self, row_class, cell, bins, depth=0, tau=float('inf'), row_index=None):
         "`block_stats` of the rows hist[row_class], read from the running block masses; plus each sample's class total."
@@ -288,13 +286,12 @@ class WindowHistogram(_SlotHistogram):
         keep = rank >= shift[target]
         pos = self.offset[target] + (self.ptr[target] + rank - shift[target]) % self.cap[target]
         pos = torch.where(keep, pos, torch.full_like(pos, len(self.cells) - 1))
-        cls, cc, v = self._write(target, cell, pos, keep)
+        old_cls, old, out = self._write(target, cell, pos, keep)
         # the window of a class is its last max(n_c, k_c) samples: overflow samples count for this step only
-        ids = torch.where(keep, torch.full_like(cell, -1), target * n + cell)
         gone = self.overflow.clamp(min=0)                        # last step's overflow samples leave
-        self._add(torch.cat([cls, gone // n, target]), torch.cat([cc, gone % n, cell]),     # one update: counts are exact
-                  torch.cat([v, -(self.overflow >= 0).to(v.dtype), (ids >= 0).to(v.dtype)]))
-        self.overflow = ids
+        self._add(torch.cat([old_cls, gone // n, target]), torch.cat([old, gone % n, cell]),   # every sample counts (slot or
+                  torch.cat([out, -(self.overflow >= 0).to(out.dtype), torch.ones_like(out)]))  # overflow); sums are exact
+        self.overflow = torch.where(keep, torch.full_like(cell, -1), target * n + cell)
         self.ptr.copy_((self.ptr + k - shift) % self.cap)
 
 # %% ../nbs/01_binning.ipynb #c00527d5
@@ -317,7 +314,8 @@ class BankHistogram(_SlotHistogram):
         keep = torch.empty_like(last)
         keep[order] = last                                       # a repeated index counts once (its last occurrence)
         pos = torch.where(keep, index, torch.full_like(index, len(self.cells) - 1))
-        self._add(*self._write(target, cell, pos, keep))
+        old_cls, old, out = self._write(target, cell, pos, keep)
+        self._add(torch.cat([old_cls, target]), torch.cat([old, cell]), torch.cat([out, keep.to(out.dtype)]))
 
 # %% ../nbs/01_binning.ipynb #c5c0199d
 class EMAHistogram(nn.Module):
