@@ -118,11 +118,11 @@ def _loadavg():
 def _fmt(x): return "" if x is None else f"{x:.2f}"
 
 def to_markdown(rows, meta):
-    load = ''.join(f", load average {' / '.join(f'{x:.1f}' for x in meta[k])} at the {w}" for k, w in (('load_avg_start', 'start'), ('load_avg_end', 'end'))
-                   if meta.get(k))
+    load = ''.join(f", load average {' / '.join(f'{x:.1f}' for x in meta[k])} at the {w}"
+                   for k, w in (('load_avg_start', 'start'), ('load_avg_end', 'end')) if meta.get(k))
     lines = [f"Loss forward+backward, B={meta['batch']}, device {meta['device']} ({meta['machine']}, {meta['threads']} thread(s){load}), "
-             f"median of {meta['repeats']} ({meta.get('clock', 'wall')} clock); ratio = median over interleaved pairs of time / F.cross_entropy "
-             "in the same process.", '',
+             f"median of {meta['repeats']} ({meta.get('clock', 'wall')} clock); ratio = median over interleaved pairs of "
+             "time / F.cross_entropy in the same process.", '',
              '| C | loss | ms | x CE | peak mem x CE |', '|---|---|---|---|---|']
     for r in rows:
         lines.append(f"| {r['C']} | {r['loss']} | {r['ms']:.3f} | {r['ratio']:.2f} | {_fmt(r['mem_ratio'])} |")
@@ -152,7 +152,8 @@ def main(argv=None):
     load_start = _loadavg()
     if a.clock == 'cpu' and a.device != 'cpu': ap.error('--clock cpu measures CPU time: use it with --device cpu')
     rows = bench(classes, a.batch, a.repeats, a.device, names, a.clock)
-    meta = dict(batch=a.batch, repeats=a.repeats, clock=a.clock, load_avg_start=load_start, load_avg_end=_loadavg(), device=a.device, machine=machine, torch=torch.__version__,
+    meta = dict(batch=a.batch, repeats=a.repeats, clock=a.clock, load_avg_start=load_start, load_avg_end=_loadavg(),
+                device=a.device, machine=machine, torch=torch.__version__,
                 threads=torch.get_num_threads(), hostname=socket.gethostname(), date=time.strftime('%Y-%m-%d %H:%M'))
     slug = machine.replace(' ', '_').replace('/', '_')
     out = Path(a.out) if a.out else Path(__file__).parent / 'results' / f'loss_speed_{slug}.json'
