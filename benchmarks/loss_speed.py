@@ -1,8 +1,10 @@
 """Forward+backward time and peak memory of every loss against F.cross_entropy, in the same process.
 
-    python benchmarks/loss_speed.py [--classes 10,100,1000,8142] [--batch 512] [--repeats 30] [--device cpu|cuda] [--out FILE]
+    python benchmarks/loss_speed.py [--classes 10,100,1000,8142] [--batch 512] [--repeats 30] [--device cpu|cuda]
+                                    [--losses ours,...] [--clock wall|cpu] [--out FILE]
 
-Prints one row per (C, loss): median ms, ratio to cross-entropy measured in the same process, and (CPU, C=8142)
+Prints one row per (C, loss): median ms, ratio to cross-entropy (the median over interleaved pairs: one
+cross-entropy step, one loss step, in alternating order, so that load on the machine hits both alike), and (CPU, C=8142)
 the peak resident memory added by one forward+backward relative to cross-entropy's (Linux VmHWM reset through
 /proc/self/clear_refs, each loss in a fresh process with glibc's mmap threshold fixed so freed memory is not reused). Targets (issue): ours (R+A+AU) <= 4x CE at
 C=1000 and <= 2x at C=8142 on CPU; peak memory of ours <= 1.5x CE at C=8142.
@@ -55,17 +57,33 @@ def peak_cpu_kb_fresh(name, hp, C, B):
     try: return json.loads(r.stdout.strip().splitlines()[-1])
     except Exception: return None
 
-def time_fn(fn, repeats, device):
+CLOCKS = dict(wall=time.perf_counter, cpu=time.thread_time)   # cpu: this thread's CPU time, blind to time spent preempted
+
+def time_fn(fn, repeats, device, clock='wall'):
     for _ in range(3): fn()
-    ts = []
+    ts, now = [], CLOCKS[clock]
     for _ in range(repeats):
         if device == 'cuda': torch.cuda.synchronize()
-        t = time.perf_counter(); fn()
+        t = now(); fn()
         if device == 'cuda': torch.cuda.synchronize()
-        ts.append((time.perf_counter() - t) * 1e3)
+        ts.append((now() - t) * 1e3)
     return statistics.median(ts)
 
-def bench(classes, batch, repeats, device, names):
+def time_pairs(base, fn, repeats, device, clock='wall'):
+    "Interleaved pairs (base step, fn step; the order alternates): median ms of each and the median of the per-pair ratios."
+    for _ in range(3): base(); fn()
+    tb, tf = [], []
+    now = CLOCKS[clock]
+    def once(f, ts):
+        if device == 'cuda': torch.cuda.synchronize()
+        t = now(); f()
+        if device == 'cuda': torch.cuda.synchronize()
+        ts.append((now() - t) * 1e3)
+    for i in range(repeats):
+        for f, ts in ((base, tb), (fn, tf)) if i % 2 == 0 else ((fn, tf), (base, tb)): once(f, ts)
+    return statistics.median(tb), statistics.median(tf), statistics.median(b / a for a, b in zip(tb, tf))
+
+def bench(classes, batch, repeats, device, names, clock='wall'):
     rows = []
     for C in classes:
         g = torch.Generator().manual_seed(0)
@@ -75,7 +93,7 @@ def bench(classes, batch, repeats, device, names):
         target = torch.multinomial(p, batch, replacement=True, generator=g).to(device)
         def ce():
             logits.grad = None; F.cross_entropy(logits, target).backward()
-        base_ms = time_fn(ce, repeats, device)
+        base_ms = time_fn(ce, repeats, device, clock)
         mem_on = device == 'cpu' and C >= 8142              # the issue's memory target is at C=8142
         base_mem = peak_cpu_kb_fresh('cross_entropy', {}, C, batch) if mem_on else None
         rows.append(dict(C=C, loss='cross_entropy', ms=base_ms, ratio=1.0, peak_kb=base_mem, mem_ratio=1.0))
@@ -83,19 +101,28 @@ def bench(classes, batch, repeats, device, names):
             loss = build_loss(name, counts, **hp).to(device)
             def fb():
                 logits.grad = None; loss(logits, target).backward()
-            ms = time_fn(fb, repeats, device)
-            base_ms = time_fn(ce, repeats, device)            # re-measure the baseline next to each loss (noisy machines)
+            base_ms, ms, ratio = time_pairs(ce, fb, repeats, device, clock)   # the baseline next to each loss (noisy machines)
             mem = peak_cpu_kb_fresh(name, hp, C, batch) if mem_on else None
-            label = name + ('' if not hp else '(' + ','.join(f'{k}={v}' for k, v in hp.items()) + ')')
-            rows.append(dict(C=C, loss=label, ms=ms, ratio=ms / base_ms, peak_kb=mem,
+            label = _label(name, hp)
+            rows.append(dict(C=C, loss=label, ms=ms, ratio=ratio, ce_ms=base_ms, peak_kb=mem,
                              mem_ratio=(mem / base_mem) if (mem is not None and base_mem) else None))
-            print(f"C={C:5d} {label:40s} {ms:8.3f} ms  x{ms / base_ms:6.2f} CE" + (f"  peak +{mem/1024:.1f} MiB (x{rows[-1]['mem_ratio']:.2f} CE)" if mem is not None and base_mem else ''), flush=True)
+            print(f"C={C:5d} {label:40s} {ms:8.3f} ms  x{ratio:6.2f} CE" + (f"  peak +{mem/1024:.1f} MiB (x{rows[-1]['mem_ratio']:.2f} CE)" if mem is not None and base_mem else ''), flush=True)
     return rows
+
+def _label(name, hp): return name + ('' if not hp else '(' + ','.join(f'{k}={v}' for k, v in hp.items()) + ')')
+
+def _loadavg():
+    try: return os.getloadavg()
+    except OSError: return None
 
 def _fmt(x): return "" if x is None else f"{x:.2f}"
 
 def to_markdown(rows, meta):
-    lines = [f"Loss forward+backward, B={meta['batch']}, device {meta['device']} ({meta['machine']}), median of {meta['repeats']}; ratio = time / F.cross_entropy in the same process.", '',
+    load = ''.join(f", load average {' / '.join(f'{x:.1f}' for x in meta[k])} at the {w}"
+                   for k, w in (('load_avg_start', 'start'), ('load_avg_end', 'end')) if meta.get(k))
+    lines = [f"Loss forward+backward, B={meta['batch']}, device {meta['device']} ({meta['machine']}, {meta['threads']} thread(s){load}), "
+             f"median of {meta['repeats']} ({meta.get('clock', 'wall')} clock); ratio = median over interleaved pairs of "
+             "time / F.cross_entropy in the same process.", '',
              '| C | loss | ms | x CE | peak mem x CE |', '|---|---|---|---|---|']
     for r in rows:
         lines.append(f"| {r['C']} | {r['loss']} | {r['ms']:.3f} | {r['ratio']:.2f} | {_fmt(r['mem_ratio'])} |")
@@ -109,13 +136,24 @@ def main(argv=None):
     ap.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     ap.add_argument('--out', default=None, help='JSON output (default benchmarks/results/loss_speed_<machine>.json)')
     ap.add_argument('--quick', action='store_true', help='C=10,1000 and 5 repeats (a syntax/smoke check)')
+    ap.add_argument('--clock', choices=sorted(CLOCKS), default='wall',
+                    help="wall: elapsed time; cpu: the thread's CPU time (CPU only; blind to time spent preempted on a loaded machine)")
+    ap.add_argument('--losses', default=None, help='comma-separated row labels to time (e.g. ours,ours(binning=ura)); default: every row')
     a = ap.parse_args(argv)
     classes = [int(c) for c in a.classes.split(',')]
     if a.quick: classes, a.repeats = [10, 1000], 5
-    names = [(n, {}) for n in LOSSES if n != 'ours'] + [('ours', {}), ('ours', dict(g_mode='adjusted')), ('ours', dict(binning='ura')), ('ours', dict(use_intra=False))]
+    names = [(n, {}) for n in LOSSES if n != 'ours'] + [('ours', {}), ('ours', dict(binning='ura')), ('ours', dict(use_intra=False))]
+    if a.losses:
+        want = a.losses.split(',')
+        unknown = set(want) - {_label(n, hp) for n, hp in names}
+        if unknown: ap.error(f"unknown --losses {sorted(unknown)}; rows: {', '.join(_label(n, hp) for n, hp in names)}")
+        names = [(n, hp) for n, hp in names if _label(n, hp) in want]
     machine = os.environ.get('LTPAPER_MACHINE') or (torch.cuda.get_device_name() if a.device == 'cuda' else f'cpu{os.cpu_count()}-{platform.machine()}')
-    rows = bench(classes, a.batch, a.repeats, a.device, names)
-    meta = dict(batch=a.batch, repeats=a.repeats, device=a.device, machine=machine, torch=torch.__version__,
+    load_start = _loadavg()
+    if a.clock == 'cpu' and a.device != 'cpu': ap.error('--clock cpu measures CPU time: use it with --device cpu')
+    rows = bench(classes, a.batch, a.repeats, a.device, names, a.clock)
+    meta = dict(batch=a.batch, repeats=a.repeats, clock=a.clock, load_avg_start=load_start, load_avg_end=_loadavg(),
+                device=a.device, machine=machine, torch=torch.__version__,
                 threads=torch.get_num_threads(), hostname=socket.gethostname(), date=time.strftime('%Y-%m-%d %H:%M'))
     slug = machine.replace(' ', '_').replace('/', '_')
     out = Path(a.out) if a.out else Path(__file__).parent / 'results' / f'loss_speed_{slug}.json'

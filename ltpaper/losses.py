@@ -377,11 +377,11 @@ def grad_norm(self: OursLoss, z, z_adj, y, ce):
 
 @patch
 def _class_rows(self: OursLoss, ya):
-    "The histogram rows of the classes in the batch, and each sample's row."
+    "The histogram rows of the classes in the batch, each sample's row, and each row's class."
     if ya.device.type == 'cpu' and not torch.compiler.is_compiling():
         uy, ri = torch.unique(ya, return_inverse=True)        # each class's row once (no sync on the CPU)
     else: uy, ri = ya, None                                    # accelerators: one row per sample, no host sync
-    return self.estimator.hist.index_select(0, uy), ri
+    return self.estimator.hist.index_select(0, uy), ri, uy
 
 @patch
 @torch.no_grad()
@@ -391,8 +391,9 @@ def intra_stats(self: OursLoss, z, z_adj, y, index, ce) -> IntraStats:
     cell = fine_cell(self.bin_coordinate(g), self.n_cells)
     (ya, ca, ia), off = all_gather_cat(y, cell, index if index is not None else torch.zeros_like(y))
     self.estimator.update(ya, ca, ia if index is not None else None)
-    rows, ri = self._class_rows(ya)
-    w = density_weights(rows, ca, self.bins, self.depth, self.tau, self.normalization, self.bin_widths(), row_index=ri)
+    rows, ri, rc = self._class_rows(ya)
+    w = density_weights(rows, ca, self.bins, self.depth, self.tau, self.normalization, self.bin_widths(), row_index=ri,
+                        estimator=self.estimator, row_class=rc)    # window, bank: read from their running block masses
     return IntraStats(g, cell, self.transform_weights(w[off:off + len(y)]), ya, ca, rows, ri)
 
 @patch
