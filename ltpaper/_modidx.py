@@ -320,6 +320,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'ltpaper.report.table_caption': ('report.html#table_caption', 'ltpaper/report.py'),
                                 'ltpaper.report.to_latex': ('report.html#to_latex', 'ltpaper/report.py'),
                                 'ltpaper.report.to_markdown': ('report.html#to_markdown', 'ltpaper/report.py'),
+                                'ltpaper.report.view_metrics': ('report.html#view_metrics', 'ltpaper/report.py'),
                                 'ltpaper.report.view_rows': ('report.html#view_rows', 'ltpaper/report.py'),
                                 'ltpaper.report.view_spec': ('report.html#view_spec', 'ltpaper/report.py'),
                                 'ltpaper.report.write_table': ('report.html#write_table', 'ltpaper/report.py')},

@@ -148,10 +148,13 @@ def fake_metrics(job, top1=50.0, class_counts=(100, 40, 10, 4), epochs=2, seed_n
     top = sum(per_class) / C
     q = max(C // 4, 1)
     groups = {g: sum(per_class[i*q:(i+1)*q]) / len(per_class[i*q:(i+1)*q]) for i, g in enumerate(GROUPS)} if C >= 4 else {}
-    ep = dict(epoch=epochs, top1=top, per_class=per_class, groups={'quartile': groups, 'shot': {}})
+    from ltpaper.longtail import class_groups    # the 3-way shot split of these counts (empty groups: None)
+    shot = {g: (sum(per_class[i] for i in ids) / len(ids) if ids else None) for g, ids in class_groups(class_counts, 'shot').items()}
+    ep = dict(epoch=epochs, top1=top, per_class=per_class, groups={'quartile': groups, 'shot': shot})
     rec = dict(schema=1, config={k: v for k, v in job.config.items()}, config_hash=job.config_hash, status='complete',
                last=ep, best=dict(ep, top1=top + 1.0, epoch=epochs - 1, per_class=[p + 1.0 for p in per_class],
-                                  groups={'quartile': {g: v + 1.0 for g, v in groups.items()}, 'shot': {}}),
+                                  groups={'quartile': {g: v + 1.0 for g, v in groups.items()},
+                                          'shot': {g: (v + 1.0 if v is not None else None) for g, v in shot.items()}}),
                val=dict(last_top1=None, best_top1=None, best_epoch=None, last_per_class=None),
                history=[dict(epoch=e, train_loss=2.0 / e, lr=0.1, top1=top * e / epochs, val_top1=None, epoch_time_s=1.0)
                         for e in range(1, epochs + 1)],

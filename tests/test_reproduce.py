@@ -57,12 +57,16 @@ def write_tiny(root, classes=4, per_class=10, val_per_class=3):
             ann.append(f'val_{c}_{k}.JPEG\t{w}\t0\t0\t63\t63')
     (base/'val'/'val_annotations.txt').write_text('\n'.join(ann) + '\n')
 
+# images per class in the ImageNet train folder: enough for the exponential IF-100 subset (imagenet_lt_if100, n_max =
+# the mean, 101) to keep one image of the rarest class; the OLTR split files list the first `counts` of them
+FOLDER = (300, 150, 100, 80, 60, 40, 40, 40)
+
 def write_imagenet_lt(root, counts=(9, 7, 6, 5, 4, 3, 2, 2)):
     "ImageNet in ROOT/imagenet/{train,val}/<wnid>/ plus the OLTR split files ROOT/ImageNet_LT/ImageNet_LT_{train,val,test}.txt."
     lines = {'train': [], 'val': [], 'test': []}
     for c, n in enumerate(counts):
         w = f'n0{c}440764'
-        for k in range(n + 1): _jpeg(root/'imagenet'/'train'/w/f'{w}_{k}.JPEG', 20_000 + 100 * c + k)
+        for k in range(max(n + 1, FOLDER[c])): _jpeg(root/'imagenet'/'train'/w/f'{w}_{k}.JPEG', 20_000 + 1000 * c + k)
         for k in range(3): _jpeg(root/'imagenet'/'val'/w/f'ILSVRC2012_val_{c}{k}.JPEG', 30_000 + 100 * c + k)
         lines['train'] += [f'train/{w}/{w}_{k}.JPEG {c}' for k in range(n)]
         lines['val'] += [f'train/{w}/{w}_{n}.JPEG {c}']
@@ -138,17 +142,23 @@ def test_table_specific_settings():
         assert (c['epochs'], c['lr'], c['momentum'], c['weight_decay'], c['batch_size'], c['warmup_epochs'], c['milestones'],
                 c['lr_decay'], c['grad_clip'], c['val_per_class']) == (200, 0.1, 0.9, 2e-4, 128, 5, [160, 180], [0.01, 0.0001], 2.0, 0), name
         bins = c['loss_params'].get('bins')
-        assert bins == (30 if name.startswith('tinyimagenet_lt-') and c['loss'] in ('ghm', 'ours') else None), name
+        assert bins == (30 if name.startswith('tinyimagenet_lt-') and c['loss'] in ('ghm', 'ours', 'ours_tuned') else None), name
     assert {(c['dataset'], c['imbalance_factor']) for c in t1.values()} == {(d, f) for d in ('cifar10_lt', 'cifar100_lt', 'tinyimagenet_lt') for f in (500, 100, 10, 1)}
     t2 = {r.name: r for r in expand_table('table2', 'paper')}
-    assert {r.dataset for r in t2.values()} == {'imagenet_lt', 'inaturalist2017'} and all(r.train['amp'] for r in t2.values())
+    assert {r.dataset for r in t2.values()} == {'imagenet_lt_if100', 'inaturalist2017'} and all(r.train['amp'] for r in t2.values())
+    assert {r.imbalance_factor for r in t2.values() if r.dataset == 'imagenet_lt_if100'} == {100}   # the poster's IF 100
+    assert {(r.dataset, r.imbalance_factor) for r in expand_table('table2_oltr', 'paper')} == {('imagenet_lt', 256)}
     t3 = {r.method: r for r in expand_table('table3', 'paper')}
     flags = {m: (r.train['loss'], r.train['loss_params'].get('use_margin'), r.train['loss_params'].get('use_intra'), r.train['loss_params'].get('binning'))
              for m, r in t3.items()}
     assert flags == {'softmax': ('softmax', None, None, None), 'ours_R': ('ours', True, False, None), 'ours_A_U': ('ours', False, True, 'ura'),
-                     'ours_R_A_U': ('ours', True, True, 'ura'), 'ours_R_A_AU': ('ours', True, True, 'aura')}
-    assert (t3['softmax'].run_table, t3['softmax'].run_row) == ('table2', 'imagenet_lt-softmax')
-    assert (t3['ours_R_A_AU'].run_table, t3['ours_R_A_AU'].run_row) == ('table2', 'imagenet_lt-ours')
+                     'ours_R_A_U': ('ours', True, True, 'ura'), 'ours_R_A_AU': ('ours', True, True, 'aura'),
+                     'seesaw': ('seesaw', None, None, None), 'ours_R_cum': ('ours_study', True, False, None),
+                     'ours_tuned': ('ours_tuned', None, None, None)}
+    assert {r.dataset for r in t3.values()} == {'imagenet_lt_if100'}
+    assert (t3['softmax'].run_table, t3['softmax'].run_row) == ('table2', 'imagenet_lt_if100-softmax')
+    assert (t3['ours_R_A_AU'].run_table, t3['ours_R_A_AU'].run_row) == ('table2', 'imagenet_lt_if100-ours')
+    assert (t3['seesaw'].run_table, t3['seesaw'].run_row) == ('table2', 'imagenet_lt_if100-seesaw')   # the paper's R, by its numbers
     fm = {r.name: r.train for r in expand_table('fmnist_lt', 'cpu')}
     assert all(c['val_per_class'] == 300 and c['model'] == 'small_resnet' for c in fm.values())
     assert {n for n in fm if not n.endswith(('-if500', '-if10', '-if1'))} == {f'{m}-if100' for m in
@@ -323,7 +333,8 @@ def test_tables_from_metrics_files(tmp_path):
     t = out['table']
     assert t.loc[('Seesaw', 'reproduced'), ('CIFAR-10-LT', 'IF 100')] == f"{s['mean']:.2f} ± {s['std']:.2f}"
     assert t.loc[('Seesaw', 'Δ'), ('CIFAR-10-LT', 'IF 100')] == f"{s['diff']:+.2f}"
-    assert (t.xs('reproduced', level=1) == '—').to_numpy().sum() == 95 and (t.xs('paper', level=1) == '—').to_numpy().sum() == 0
+    assert (t.xs('reproduced', level=1) == '—').to_numpy().sum() == 107
+    assert (t.xs('paper', level=1) == '—').to_numpy().sum() == 12 and (t.loc[('ours (tuned)', 'paper')] == '—').all()   # not the paper's
     md, tex, csv = (p.read_text() for p in out['paths'])
     assert 'last-epoch top-1' in md and '| Seesaw | reproduced |' in md and r'$\pm$' in tex and r'\begin{tabular}' in tex
     assert csv.splitlines()[0].startswith('view,dataset,imbalance_factor,method,label,row,metric,accuracy,n,mean,std')
@@ -331,7 +342,8 @@ def test_tables_from_metrics_files(tmp_path):
     assert best['paths'][0].name == 'table1_best.md' and 'BEST-epoch' in best['paths'][0].read_text()
     assert best['summary'].set_index('row').loc['cifar10_lt-seesaw-if100', 'mean'] == s['mean'] + 1.0
     fm = summarize(open_results('fmnist_lt', 'smoke', results_root=tmp_path))
-    assert fm['n'].sum() == 0 and fm['paper'].notna().all() and fm['diff'].isna().all()   # orientation only, never Δ
+    paper_rows = fm[fm['method'] != 'ours_tuned']
+    assert fm['n'].sum() == 0 and paper_rows['paper'].notna().all() and fm['diff'].isna().all()   # orientation only, never Δ
 
 
 # ---------------------------------------------------------------- end to end through papermill (smoke profile)
@@ -379,42 +391,44 @@ def test_table1_failing_row_does_not_stop_the_others(tmp_path, data_root):
     assert code == 0 and '1 already done, 1 to run' in out, out + err
     assert not (tmp_path/'runs'/'table1'/'cifar10_lt-softmax-if10'/'seed0'/'error.json').exists()
     t = (tmp_path/'tables'/'table1.csv').read_text()
-    assert len(t.splitlines()) == 97 and (tmp_path/'figures'/'table1_per_class.pdf').is_file()
+    assert len(t.splitlines()) == 109 and (tmp_path/'figures'/'table1_per_class.pdf').is_file()
     s = summarize(open_results('table1', 'smoke', results_root=tmp_path)).set_index('row')
     assert s.loc['cifar10_lt-softmax-if10', 'paper'] == 86.69 and s.loc['tinyimagenet_lt-ours-if10', 'n'] == 1
 
 
 @pytest.mark.slow
 def test_table2_smoke_imagenet_lt(data_root, shared_root):
-    args = ['table2', '--profile', 'smoke', '--rows', 'imagenet_lt-softmax', '--results-root', str(shared_root)]
+    args = ['table2', '--profile', 'smoke', '--rows', 'imagenet_lt_if100-softmax', '--results-root', str(shared_root)]
     code, out, err = cli(cli_reproduce, args)
     assert code == 0, out + err
-    m = json.loads((shared_root/'runs'/'table2'/'imagenet_lt-softmax'/'seed0'/'metrics.json').read_text())
-    assert m['class_counts'] == [9, 7, 6, 5, 4, 3, 2, 2] and set(m['last']['groups']['quartile']) == {'Many', 'Medium', 'Few', 'Rare'}
+    m = json.loads((shared_root/'runs'/'table2'/'imagenet_lt_if100-softmax'/'seed0'/'metrics.json').read_text())
+    # the exponential IF-100 subset of the train folder (n_max = its mean, 101), cut to the smoke profile's 48 images
+    assert m['config']['dataset'] == 'imagenet_lt_if100' and m['class_counts'][0] / max(m['class_counts'][-1], 1) > 10
+    assert set(m['last']['groups']['quartile']) == {'Many', 'Medium', 'Few', 'Rare'}
     for ext in ('md', 'tex', 'csv'): assert (shared_root/'tables'/f'table2.{ext}').is_file()
     for stem in ('per_class', 'groups', 'curves', 'margins'): assert (shared_root/'figures'/f'table2_{stem}.png').is_file()
     md = (shared_root/'tables'/'table2.md').read_text()
-    assert '| ImageNet-LT | Softmax | reproduced |' in md and '|  |  | paper | 63.91 | 48.07 | 22.15 | 12.55 | 36.67 |' in md
+    assert '| ImageNet-LT (IF 100) | Softmax | reproduced |' in md and '|  |  | paper | 63.91 | 48.07 | 22.15 | 12.55 | 36.67 |' in md
 
 
 @pytest.mark.slow
 def test_table3_reuses_table2_runs(data_root, shared_root):
     "Softmax (same_as table2) is read from, or run into, results/runs/table2; A+U runs under table3."
-    args = ['table3', '--profile', 'smoke', '--rows', 'imagenet_lt-softmax,imagenet_lt-ours_a_u', '--results-root', str(shared_root)]
-    had = (shared_root/'runs'/'table2'/'imagenet_lt-softmax'/'seed0'/'metrics.json').exists()
+    args = ['table3', '--profile', 'smoke', '--rows', 'imagenet_lt_if100-softmax,imagenet_lt_if100-ours_a_u', '--results-root', str(shared_root)]
+    had = (shared_root/'runs'/'table2'/'imagenet_lt_if100-softmax'/'seed0'/'metrics.json').exists()
     code, out, err = cli(cli_reproduce, args)
     assert code == 0 and (f"{int(had)} already done" in out), out + err
-    assert (shared_root/'runs'/'table2'/'imagenet_lt-softmax'/'seed0'/'metrics.json').is_file()
-    assert not (shared_root/'runs'/'table3'/'imagenet_lt-softmax').exists()
-    assert (shared_root/'runs'/'table3'/'imagenet_lt-ours_a_u'/'seed0'/'metrics.json').is_file()
+    assert (shared_root/'runs'/'table2'/'imagenet_lt_if100-softmax'/'seed0'/'metrics.json').is_file()
+    assert not (shared_root/'runs'/'table3'/'imagenet_lt_if100-softmax').exists()
+    assert (shared_root/'runs'/'table3'/'imagenet_lt_if100-ours_a_u'/'seed0'/'metrics.json').is_file()
     t = summarize(open_results('table3', 'smoke', results_root=shared_root)).set_index(['row', 'metric'])
-    assert t.loc[('imagenet_lt-softmax', 'overall'), 'n'] == 1 and t.loc[('imagenet_lt-ours_a_u', 'overall'), 'paper'] == 37.07
-    assert t.loc[('imagenet_lt-ours_r', 'overall'), 'n'] == 0
+    assert t.loc[('imagenet_lt_if100-softmax', 'overall'), 'n'] == 1 and t.loc[('imagenet_lt_if100-ours_a_u', 'overall'), 'paper'] == 37.07
+    assert t.loc[('imagenet_lt_if100-ours_r', 'overall'), 'n'] == 0
     md = (shared_root/'tables'/'table3.md').read_text()
     lines = [l for l in md.splitlines() if l.startswith('|')]
     at = {l.split('|')[2].strip(): i for i, l in enumerate(lines) if l.split('|')[3].strip() == 'reproduced'}
     assert '—' not in lines[at['A+U']] and '—' not in lines[at['Softmax']]
-    assert lines[at['R']].endswith('| — | — | — | — | — |') and '| 38.02 |' in lines[at['R'] + 1]   # missing stays missing
+    assert lines[at['R, static counts']].endswith('| — | — | — | — | — |') and '| 38.02 |' in lines[at['R, static counts'] + 1]   # missing stays missing
 
 
 @pytest.mark.slow
