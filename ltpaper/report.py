@@ -246,9 +246,10 @@ def table_caption(res, view, summary) -> tuple:
     cap = f"{view.get('caption') or res.spec.get('title', res.table)}: {what}, mean ± std over seeds; profile `{res.profile}`"
     p = view.get('paper')
     notes = [f"{nseeds}; — = not measured (never filled in)" + ("; Δ = reproduced - paper." if p and not p.get('orientation') else '.'),
-             "Groups Many/Medium/Few/Rare: four equal-size class quartiles by training count; Many-/Medium-/Few-shot (where shown): "
-             "classes with > 100 / 20-100 / < 20 training images." if view['kind'] == 'groups' else
+             "Groups Many/Medium/Few/Rare: four equal-size class quartiles by training count." if view['kind'] == 'groups' else
              "Overall top-1 on the balanced test set."]
+    if view['kind'] == 'groups' and any(r.dataset in SHOT_DATASETS for r in view_rows(res, view)):
+        notes.append("Many-/Medium-/Few-shot: the classes with > 100 / 20-100 / < 20 training images.")
     if any(r.dataset in UNBALANCED_TEST for r in view_rows(res, view)):
         notes.append("iNaturalist 2017's test (val) set is not balanced: Overall is the mean of the per-class accuracies, "
                      "the image mean beside it.")
