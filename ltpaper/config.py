@@ -14,7 +14,7 @@ from pathlib import Path
 # %% ../nbs/04a_config.ipynb #b72b6ab1
 @dataclass
 class TrainConfig:
-    "Everything that defines one training run; defaults are the paper's CIFAR protocol (METHOD §3.1)."
+    "Everything that defines one training run; defaults are the paper's CIFAR protocol (nbs/method.ipynb, Protocols)."
     dataset: str = 'cifar10_lt'        # a name ltpaper.data.build_dataset knows
     imbalance_factor: float = 100.0    # n_max / n_min of the exponential profile
     loss: str = 'softmax'              # a key of ltpaper.losses.LOSSES
