@@ -387,6 +387,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'ltpaper.tables._configs_root': ('tables.html#_configs_root', 'ltpaper/tables.py'),
                                 'ltpaper.tables._fmt_if': ('tables.html#_fmt_if', 'ltpaper/tables.py'),
                                 'ltpaper.tables._merge': ('tables.html#_merge', 'ltpaper/tables.py'),
+                                'ltpaper.tables._profile_rows': ('tables.html#_profile_rows', 'ltpaper/tables.py'),
                                 'ltpaper.tables.expand_table': ('tables.html#expand_table', 'ltpaper/tables.py'),
                                 'ltpaper.tables.list_tables': ('tables.html#list_tables', 'ltpaper/tables.py'),
                                 'ltpaper.tables.load_table': ('tables.html#load_table', 'ltpaper/tables.py'),

@@ -6,7 +6,7 @@
 __all__ = ['VIEW_KINDS', 'GROUPS', 'DATASET_NAMES', 'project_root', 'list_tables', 'load_table', 'Row', 'expand_table']
 
 # %% ../nbs/05a_tables.ipynb #9c0b8654
-import itertools, json, re
+import fnmatch, itertools, json, re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from .settings import get_settings
 _TOP_KEYS = {'table', 'title', 'base', 'seeds', 'methods', 'row_name', 'grid', 'defaults', 'profiles', 'views', 'notebook'}
 _GRID_KEYS = {'dataset', 'imbalance_factor', 'method', 'loss_params', 'train', 'same_as'}
 _METHOD_KEYS = {'label', 'loss', 'loss_params'}
-_PROFILE_META = {'by_imbalance_factor', 'slurm'}   # profile keys that are not TrainConfig fields
+_PROFILE_META = {'by_imbalance_factor', 'slurm', 'rows'}   # profile keys that are not TrainConfig fields
 _VIEW_KEYS = {'name', 'kind', 'methods', 'labels', 'imbalance_factor', 'paper', 'figure_imbalance_factor', 'caption'}
 VIEW_KINDS = ('overall', 'groups')   # overall: methods x (dataset, IF); groups: methods x Many/Medium/Few/Rare/Overall
 GROUPS = ('Many', 'Medium', 'Few', 'Rare')
@@ -103,6 +103,14 @@ def _as_list(x): return list(x) if isinstance(x, (list, tuple)) else [x]
 
 def _fmt_if(x): return str(int(x)) if float(x).is_integer() else str(x)
 
+def _profile_rows(rows, globs, table, profile) -> list:
+    "The rows whose name matches one of a profile's `rows` globs; each glob must match a row."
+    _need(isinstance(globs, list) and globs and all(isinstance(g, str) for g in globs),
+          f"table {table} profile {profile}: rows must be a non-empty list of row-name globs")
+    unmatched = [g for g in globs if not any(fnmatch.fnmatchcase(r.name, g) for r in rows)]
+    _need(not unmatched, f"table {table} profile {profile}: rows {unmatched} match no row of the table")
+    return [r for r in rows if any(fnmatch.fnmatchcase(r.name, g) for g in globs)]
+
 def expand_table(table, profile, configs_root=None, check=True) -> list:
     "The rows of `table` with their full TrainConfig dicts under `profile` (defaults <- profile <- row)."
     spec = load_table(table, configs_root)
@@ -110,6 +118,7 @@ def expand_table(table, profile, configs_root=None, check=True) -> list:
     _need(profile in profiles, f"unknown profile {profile!r} for table {table}: choose one of {sorted(profiles)}")
     prof = dict(profiles[profile] or {})
     by_if = prof.pop('by_imbalance_factor', None) or {}
+    only = prof.get('rows')                       # a profile may run a subset of the rows (e.g. a long training budget)
     for k in _PROFILE_META: prof.pop(k, None)
     base = train_defaults() if check else {}
     rows = []
@@ -128,6 +137,7 @@ def expand_table(table, profile, configs_root=None, check=True) -> list:
                 run_table, _, run_row = str(block['same_as']).partition('/')
                 _need(run_table and _SLUG.fullmatch(run_row), f"table {table}: same_as must read TABLE/ROW, got {block['same_as']!r}")
             rows.append(Row(table, name, method, m.get('label', method), dataset, imf, cfg, run_table, run_row))
+    if only is not None: rows = _profile_rows(rows, only, table, profile)
     names = [r.name for r in rows]
     dup = sorted({n for n in names if names.count(n) > 1})
     _need(not dup, f"table {table}: duplicate row name(s) {dup}")

@@ -212,12 +212,13 @@ def train_one_epoch(step_model: nn.Module,  # what the forward runs through (may
                     loader, loss_fn: nn.Module, opt: torch.optim.Optimizer, config: TrainConfig,
                     sync_every: int = 1,    # steps between host checks of the loss (and progress updates)
                     bar=None,
-                    monitor: WeightMonitor|None = None) -> tuple[float, int]:  # collects the loss's per-sample weights
-    "One pass over `loader`: forward (autocast), loss(logits, y, index), backward, clip, SGD step. Returns (mean loss, images)."
+                    monitor: WeightMonitor|None = None) -> tuple[float, int, float]:  # collects the loss's per-sample weights
+    "One pass over `loader`: forward (autocast), loss(logits, y, index), backward, clip, SGD step. Returns (mean loss, images, train top-1 %)."
     c = config
     device = next(model.parameters()).device
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    hits = torch.zeros((), dtype=torch.float64, device=device)   # right predictions on the augmented training batches
     bad = torch.full((), -1, dtype=torch.long, device=device)   # first step whose loss was not finite
     n_seen, n_steps = 0, len(loader)
     for step, (x, y, idx) in enumerate(loader):
@@ -236,6 +237,7 @@ def train_one_epoch(step_model: nn.Module,  # what the forward runs through (may
         ld = loss.detach()
         bad = torch.where((bad < 0) & ~torch.isfinite(ld), step, bad)
         loss_sum += ld.double() * len(y)
+        hits += (logits.detach().argmax(1) == y).sum()
         n_seen += len(y)
         if (step + 1) % sync_every == 0 or step + 1 == n_steps:
             if _distributed():
@@ -246,10 +248,10 @@ def train_one_epoch(step_model: nn.Module,  # what the forward runs through (may
                 bar.set_postfix(loss=f'{float(ld):.4f}', lr=f"{opt.param_groups[0]['lr']:.4g}", refresh=False)
         if bar is not None:
             bar.update(1)
-    tot = torch.stack([loss_sum, torch.tensor(float(n_seen), dtype=torch.float64, device=device)])
+    tot = torch.stack([loss_sum, torch.tensor(float(n_seen), dtype=torch.float64, device=device), hits])
     if _distributed():
         dist.all_reduce(tot)
-    return (tot[0] / tot[1]).item(), int(tot[1].item())
+    return (tot[0] / tot[1]).item(), int(tot[1].item()), 100.0 * (tot[2] / tot[1]).item()
 
 # %% ../nbs/04_train.ipynb #154a74d4
 def _setup_device(c: TrainConfig, device: torch.device) -> torch.device:
@@ -388,7 +390,7 @@ def _train_epoch(r: _Run, epoch: int, tty: bool, set_progress, sync_every: int) 
                 disable=not tty)
     monitor = WeightMonitor(r.train_set.num_classes, r.device) if hasattr(r.loss_fn, 'last_weights') else None
     try:
-        train_loss, n_epoch = train_one_epoch(r.step_model, r.model, r.train_loader, r.loss_fn, r.opt, c,
+        train_loss, n_epoch, train_top1 = train_one_epoch(r.step_model, r.model, r.train_loader, r.loss_fn, r.opt, c,
                                               sync_every=sync_every, bar=bbar, monitor=monitor)
     except NonFiniteLossError as e:
         last_good = r.ckpt_path if r.ckpt_path.exists() else 'none (first epoch)'
@@ -417,10 +419,10 @@ def _evaluate_epoch(r: _Run, st: dict, epoch: int) -> tuple:
                 v['best_top1'], v['best_epoch'] = vrec['top1'], epoch + 1
     return rec, vrec
 
-def _record_epoch(r: _Run, st: dict, epoch: int, train_loss: float, lr: float, rec, vrec, monitor, t0: float,
+def _record_epoch(r: _Run, st: dict, epoch: int, train_loss: float, train_top1: float, lr: float, rec, vrec, monitor, t0: float,
                   t_setup: float) -> dict:
     "Append the epoch's history entry, count its wall time (plus this session's setup), write the checkpoint."
-    hist = dict(epoch=epoch + 1, train_loss=train_loss, lr=lr, top1=rec['top1'] if rec else None,
+    hist = dict(epoch=epoch + 1, train_loss=train_loss, train_top1=train_top1, lr=lr, top1=rec['top1'] if rec else None,
                 val_top1=vrec['top1'] if vrec else None, epoch_time_s=time.perf_counter() - t0)
     if monitor is not None:
         hist['weights'] = monitor.summary()    # per-class mean/max of the intra-category weights
@@ -458,7 +460,7 @@ def _run_epochs(r: _Run, st: dict, t_setup: float):
         st['train_time_s'] += time.perf_counter() - t0
         st['images_seen'] += n_epoch
         rec, vrec = _evaluate_epoch(r, st, epoch)
-        hist = _record_epoch(r, st, epoch, train_loss, lr, rec, vrec, monitor, t0, t_setup)
+        hist = _record_epoch(r, st, epoch, train_loss, train_top1, lr, rec, vrec, monitor, t0, t_setup)
         t_setup = 0.0                                    # this session's setup counts once
         if show and tty:
             top1 = f"{st['last']['top1']:.2f}" if st['last'] else '-'

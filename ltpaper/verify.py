@@ -26,7 +26,7 @@ def results_view(rec: dict) -> dict:
 def _diffs(a, b, path, tol, out):
     "Append to `out` each place where `a` and `b` differ (numbers by more than `tol`)."
     if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b), key=str):
+        for k in sorted(a, key=str):                  # what the committed run recorded (fields added since are not drift)
             _diffs(a.get(k), b.get(k), f"{path}.{k}" if path else str(k), tol, out)
     elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
         for i, (x, y) in enumerate(zip(a, b)): _diffs(x, y, f"{path}[{i}]", tol, out)

@@ -25,7 +25,7 @@ from ltpaper.tables import expand_table, list_tables, load_table
 from helpers import cli
 
 FMNIST = Path('/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz')
-ROWS = dict(table1=108, table2=14, table2_oltr=7, table3=8, fmnist_lt=39)
+ROWS = dict(table1=108, table2=14, table2_oltr=7, table3=8, fmnist_lt=42)
 
 
 # ---------------------------------------------------------------- tiny datasets in their real formats
@@ -164,7 +164,8 @@ def test_table_specific_settings():
     assert {n for n in fm if not n.endswith(('-if500', '-if10', '-if1'))} == {f'{m}-if100' for m in
             ('softmax', 'class_balanced', 'focal', 'ghm', 'effective_number', 'equalization', 'seesaw', 'ours', 'ours_r', 'ours_a_u', 'ours_r_a_u')}
     assert len({fm[f'softmax-if{f}']['epochs'] for f in (500, 100, 10, 1)}) > 1          # the per-IF epochs of the cpu profile
-    assert len(plan_jobs("fmnist_lt", "cpu")) == 117                                      # 39 rows x the config's 3 seeds
+    assert len(plan_jobs("fmnist_lt", "cpu")) == 126                                      # 42 rows x the config's 3 seeds
+    assert len(plan_jobs("fmnist_lt", "long")) == 39 and len(plan_jobs("fmnist_lt", "mid")) == 24   # the budget profiles' rows
     assert {'fmnist_lt', 'table1', 'table2', 'table3'} <= set(list_tables())
     assert all(RUNS.paper_notebook(t).is_file() for t in ROWS)
 
