@@ -398,7 +398,7 @@ def _train_epoch(r: _Run, epoch: int, tty: bool, set_progress, sync_every: int) 
                                  f"checkpoint is {last_good}; lower the lr or check the loss parameters") from None
     finally:
         bbar.close()
-    return train_loss, n_epoch, lr, monitor
+    return train_loss, n_epoch, train_top1, lr, monitor
 
 def _evaluate_epoch(r: _Run, st: dict, epoch: int) -> tuple:
     "(test record, val record), each None when this epoch is not evaluated; updates last/best in `st`."
@@ -456,7 +456,7 @@ def _run_epochs(r: _Run, st: dict, t_setup: float):
     sync_every = _SYNC_EVERY_CUDA if r.device.type == 'cuda' else 1
     for epoch in range(st['epoch'], c.epochs):
         t0 = time.perf_counter()
-        train_loss, n_epoch, lr, monitor = _train_epoch(r, epoch, tty, set_progress, sync_every)
+        train_loss, n_epoch, train_top1, lr, monitor = _train_epoch(r, epoch, tty, set_progress, sync_every)
         st['train_time_s'] += time.perf_counter() - t0
         st['images_seen'] += n_epoch
         rec, vrec = _evaluate_epoch(r, st, epoch)
