@@ -9,6 +9,7 @@ __all__ = ['COMMANDS', 'train_parser', 'parse_train_args', 'cli_train', 'parse_g
 # %% ../nbs/06_cli.ipynb #357f5d30
 import argparse, json, os, sys, typing
 from dataclasses import MISSING, fields
+from pathlib import Path
 
 from .config import TrainConfig, _need
 from .settings import PROFILES, get_settings
@@ -63,11 +64,39 @@ def _float(s):
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {s!r}")
 
-def _field_argument(p: argparse.ArgumentParser, f, t):
+_FIELD_HELP = {   # fields whose source comment is missing or runs over two lines
+    'epochs': 'training epochs',
+    'momentum': 'SGD momentum',
+    'weight_decay': 'SGD weight decay (L2)',
+    'seed': 'seed of the run (initialisation, batch order, augmentation)',
+    'subset_seed': "seed of the long-tailed subset and val split (LDAM-DRW's rand_number=0); None: the run seed",
+    'eval_batch_size': 'batch size of evaluation',
+}
+
+def _names_of(field_name: str) -> str:
+    "The valid values of --dataset / --loss / --model (imports the registries, so only for --help)."
+    if field_name == 'dataset':
+        from ltpaper.data import DATASETS as names
+    elif field_name == 'loss':
+        from ltpaper.losses import LOSSES as names
+    elif field_name == 'model':
+        from ltpaper.models import MODELS as names
+    else:
+        return ''
+    return '; one of: ' + ', '.join(sorted(names))
+
+def _field_help(f, default, names: bool) -> str:
+    "One help line of a TrainConfig field: its source comment (docments), the valid names with `names`, the default."
+    from fastcore.docments import docments
+    doc = _FIELD_HELP.get(f.name) or docments(TrainConfig).get(f.name) or f.name.replace('_', ' ')
+    text = doc + (_names_of(f.name) if names else '') + f" (default: {default!r})"
+    return text.replace('%', '%%')
+
+def _field_argument(p: argparse.ArgumentParser, f, t, names: bool = False):
     "Add the flag of TrainConfig field `f` (annotation `t`) to `p`."
     flag = '--' + f.name.replace('_', '-')
     default = f.default if f.default is not MISSING else f.default_factory()
-    kw = dict(help=f"(default: {default!r})", dest=f.name)
+    kw = dict(help=_field_help(f, default, names), dest=f.name)
     if t is bool or t == bool | None:
         p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
     elif t is int:
@@ -83,30 +112,69 @@ def _field_argument(p: argparse.ArgumentParser, f, t):
     else:
         p.add_argument(flag, type=str, metavar='STR', **kw)
 
-def train_parser() -> argparse.ArgumentParser:
-    "argparse parser with one --kebab-case flag per TrainConfig field."
+def train_parser(names: bool = True) -> argparse.ArgumentParser:
+    "argparse parser with one --kebab-case flag per TrainConfig field, plus --force; `names`: list valid datasets/losses/models."
     p = _Parser(prog='ltpaper train', allow_abbrev=False,
                 description='Train one run (TrainConfig); writes OUT_DIR/metrics.json and OUT_DIR/checkpoint.pt.',
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter, argument_default=argparse.SUPPRESS)
     hints = typing.get_type_hints(TrainConfig)
     for f in fields(TrainConfig):
-        _field_argument(p, f, hints[f.name])
+        _field_argument(p, f, hints[f.name], names)
+    p.add_argument('--force', action='store_true', dest='force',
+                   help="train into an --out-dir that holds another config's metrics.json or checkpoint.pt "
+                        "(they are replaced as this run writes its own)")
     return p
 
-def parse_train_args(argv: list[str]) -> TrainConfig:
-    "TrainConfig from command-line arguments; ValueError (one line) for anything wrong."
+def _parse_train(argv: list[str]) -> tuple[TrainConfig, bool]:
+    "(TrainConfig, --force) from command-line arguments; ValueError (one line) for anything wrong."
+    help_asked = any(a in ('-h', '--help') for a in argv)   # the registries (torch) are imported only for --help
     try:
-        ns = train_parser().parse_args(argv)
+        ns = vars(train_parser(names=help_asked).parse_args(argv))
     except _ArgError as e:
         raise ValueError(str(e)) from None
-    return TrainConfig(**vars(ns))
+    force = ns.pop('force', False)
+    return TrainConfig(**ns), force
+
+def parse_train_args(argv: list[str]) -> TrainConfig:
+    "TrainConfig from command-line arguments (`--force` is accepted and ignored); ValueError (one line) for anything wrong."
+    return _parse_train(argv)[0]
+
+# %% ../nbs/06_cli.ipynb #550003bd
+def _recorded_hash(path: Path) -> str|None:
+    "The config hash recorded in a metrics.json or checkpoint.pt; None when the file cannot be read."
+    try:
+        if path.suffix == '.json':
+            h = json.loads(path.read_text()).get('config_hash')
+        else:
+            import torch
+            h = torch.load(path, map_location='cpu', weights_only=True).get('config_hash')
+    except Exception:   # unreadable, truncated, not ours: treated as another config's file
+        return None
+    return h if isinstance(h, str) else None
+
+def _check_out_dir(config: TrainConfig):
+    "ValueError (one line) when config.out_dir holds another config's metrics.json or checkpoint.pt."
+    if not config.out_dir:
+        return   # the default folder is named after the config hash
+    from ltpaper.config import config_hash
+    h = config_hash(config)
+    for name in ('metrics.json', 'checkpoint.pt'):
+        path = Path(config.out_dir)/name
+        if path.exists():
+            other = _recorded_hash(path)
+            if other != h:
+                held = f"config {other}" if other else 'a file that cannot be read'
+                raise ValueError(f"{path} holds another run ({held}, this config is {h}); "
+                                 "choose another --out-dir, or pass --force to replace it")
 
 # %% ../nbs/06_cli.ipynb #f29314e8
 def cli_train(argv: list[str]|None = None) -> int:
     "`ltpaper train ...`: exit 0 on success, 2 for bad arguments or missing data, 1 when training diverged."
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        config = parse_train_args(argv)
+        config, force = _parse_train(argv)
+        if not force:
+            _check_out_dir(config)
     except SystemExit as e:   # --help
         return int(e.code or 0)
     except ValueError as e:
@@ -215,6 +283,21 @@ def _dry_run(jobs, gpus, force) -> int:
         print(f"{'skip' if st == 'done' and not force else 'run':4} {j.table}/{j.row} seed{j.seed}{where} [{st}] {j.config_hash}")
     return 0
 
+def _print_outputs(res: dict):
+    "The tables and figures the render wrote, and the command to look at them."
+    written = [Path(p) for p in res.get('written') or []]
+    if not written:
+        return
+    tables = [p for p in written if p.suffix in ('.md', '.tex', '.csv')]
+    figures = [p for p in written if p.suffix in ('.png', '.pdf')]
+    for kind, paths in (('tables', tables), ('figures', figures)):
+        if paths:
+            print(f"{kind}: " + ', '.join(map(str, paths)))
+    md = [p for p in tables if p.suffix == '.md']
+    nxt = f"cat {md[0]}" if md else f"ls {written[0].parent}"
+    print(f"next: {nxt}" + (f"  (figures: open {figures[0]})" if figures else '')
+          + (f"; the rendered notebook: jupyter lab {res['rendered']}" if res.get('rendered') else ''))
+
 def cli_reproduce(argv=None) -> int:
     "`ltpaper reproduce TABLE [--profile P] [--rows GLOB] [--seeds 0,1,2] [--device cpu|cuda] [--gpus 0,1] [--jobs N] ...`"
     try:
@@ -234,6 +317,7 @@ def cli_reproduce(argv=None) -> int:
     done = sum(x['state'] == 'done' for x in res['ran'])
     print(f"{ns.table}: {done} run(s) finished, {len(res['skipped'])} skipped (done), {len(res['failed'])} failed"
           + (f"; rendered {res['rendered']}" if res['rendered'] else ''))
+    _print_outputs(res)
     for f in res['failed']:
         print(f"FAILED {f['table']}/{f['row']} seed{f['seed']}: {f['error']} (notebook: {f['executed']})", file=sys.stderr)
     return 1 if res['failed'] else 0

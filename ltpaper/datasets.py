@@ -7,6 +7,7 @@ __all__ = ['TRANSFORMS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'DATASETS', 'SPLITS', 
            'fetch']
 
 # %% ../nbs/02c_datasets.ipynb #f119c4e1
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -66,6 +67,20 @@ class DatasetSpec:
 
 def _need(*names): return lambda d: [n for n in names if not (d/n).exists()]
 
+def _verify_listed(name, read, splits):
+    "A `verify` that checks every image listed in the split files / JSONs exists (one stat per file, all of them)."
+    def verify(base):
+        n = 0
+        for split in splits:
+            paths = read(base, split).paths
+            missing = [p for p in paths if not os.path.isfile(p)]
+            if missing:
+                raise FileNotFoundError(f"{name}: {len(missing):,} of {len(paths):,} images listed for the {split} split are "
+                                        f"missing, e.g. {missing[0]}; place the images as described in data/README.md")
+            n += len(paths)
+        return f"present; all {n:,} images listed in the split files exist (each file checked)"
+    return verify
+
 # %% ../nbs/02c_datasets.ipynb #ffbe79b8
 _CIFAR_NORM = dict(mean=(0.4914, 0.4822, 0.4465), std=(0.2023, 0.1994, 0.2010))  # LDAM's
 _IMAGENET = dict(in_channels=3, image_size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD, augment='imagenet', small=False)
@@ -93,7 +108,7 @@ DATASETS = {
         candidates=lambda r: [r], missing=lambda d: [] if all(_imagenet_lt_files(d).values()) else ['ImageNet_LT_{train,val,test}.txt'],
         read=_read_imagenet_lt,
         how=_IMAGENET_HOW + "{train,val}/<wnid>/ and the OLTR split files ImageNet_LT_{train,val,test}.txt in ROOT/ImageNet_LT/ (data/README.md)",
-        **_IMAGENET, fixed_splits=True),
+        **_IMAGENET, fixed_splits=True, verify=_verify_listed('imagenet_lt', _read_imagenet_lt, ('train', 'val', 'test'))),
     'imagenet_lt_if100': DatasetSpec(
         candidates=lambda r: [r], missing=lambda d: [] if _imagenet_train_dir(d) else ['imagenet/train/<wnid>/'],
         read=_read_imagenet_folder, how=_IMAGENET_HOW + "train/<wnid>/ and val/<wnid>/ (data/README.md)",
@@ -101,7 +116,7 @@ DATASETS = {
     'inaturalist2017': DatasetSpec(
         candidates=_inat_dirs, missing=_need('train2017.json', 'val2017.json'), read=_read_inat,
         how="download train_val_images.tar.gz (md5 7c784ea5e424efaec655bd392f87301f) and train_val2017.zip from github.com/visipedia/inat_comp (2017) and extract both into ROOT/inaturalist2017/ (data/README.md)",
-        **_IMAGENET, fixed_splits=True),
+        **_IMAGENET, fixed_splits=True, verify=_verify_listed('inaturalist2017', _read_inat, ('train', 'val'))),
     'fmnist_lt': DatasetSpec(
         candidates=_fmnist_candidates, missing=_fmnist_missing, read=_read_fmnist,
         how="run `apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or `ltpaper fetch fmnist_lt` with internet access (torchvision download into ROOT/FashionMNIST/raw)",
@@ -114,12 +129,18 @@ def _spec(name):
     if name not in DATASETS: raise ValueError(f"unknown dataset {name!r}: choose one of {sorted(DATASETS)}")
     return DATASETS[name]
 
+def _partial_before(spec, root, base) -> list:
+    "Candidate folders before `base` (all of them when None) that hold some files but miss others."
+    cands = spec.candidates(root)
+    before = cands[:cands.index(base)] if base in cands else cands
+    return [d for d in before if d.is_dir() and spec.missing(d) and next(os.scandir(d), None) is not None]
+
 def _locate(name, root, download=False) -> Path:
     "The first candidate folder holding the dataset; downloads first when allowed; else a one-line FileNotFoundError."
     spec = _spec(name)
     def find(): return next((d for d in spec.candidates(root) if d.is_dir() and not spec.missing(d)), None)
     base = find()
-    if base is None and download and spec.download is not None:
+    if (base is None or _partial_before(spec, root, base)) and download and spec.download is not None:
         try: spec.download(root)
         except Exception as e:  # network, md5 mismatch, disk: all end the same way for the user
             raise FileNotFoundError(f"{name}: download into {root} failed ({_one_line(e)}); {spec.how}") from None
@@ -127,6 +148,11 @@ def _locate(name, root, download=False) -> Path:
     if base is None:
         looked = '; '.join(f"{d} (missing {', '.join(spec.missing(d)) if d.is_dir() else 'folder'})" for d in spec.candidates(root))
         raise FileNotFoundError(f"{name}: dataset not found (looked in {looked}); {spec.how}")
+    partial = _partial_before(spec, root, base)
+    if partial:
+        d = partial[0]
+        raise FileNotFoundError(f"{name}: {d} holds a partial copy (missing {', '.join(spec.missing(d))}); complete it or "
+                                f"remove it (it comes before {base}, which would otherwise be used silently)")
     return base
 
 # %% ../nbs/02c_datasets.ipynb #662fa729
@@ -218,8 +244,10 @@ def build_dataset(name, root=None, imbalance_factor=100, split='train', seed=0, 
     size = spec.image_size if spec.small else (image_size or spec.image_size)
     if images is not None and len(images) and tuple(images.shape[1:]) != (spec.in_channels, size, size):
         raise ValueError(f"{name}: images are {tuple(images.shape[1:])}, expected {(spec.in_channels, size, size)}")
-    return LTDataset(name, split, part.labels[idx], counts, C, spec.in_channels, size, spec.mean, spec.std, spec.augment,
-                     images=images, paths=paths, source_index=idx, source_split=src)
+    ds = LTDataset(name, split, part.labels[idx], counts, C, spec.in_channels, size, spec.mean, spec.std, spec.augment,
+                   images=images, paths=paths, source_index=idx, source_split=src)
+    ds.data_dir = str(base)   # the folder actually read (train records it in metrics.json's provenance)
+    return ds
 
 # %% ../nbs/02c_datasets.ipynb #81df76f9
 def _fetch(name, root=None, download=True):

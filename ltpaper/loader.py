@@ -164,6 +164,15 @@ def _fast_batches(self: LTLoader, idx, g):
         if augment: x = self.aug.apply(x, {k: v[bi] for k, v in params.items()})
         yield normalize_batch(x, None, None, self._norm), self._targets[bi], bi
 
+def _worker_error(e: Exception) -> Exception:
+    "A DataLoader worker's exception, re-raised in this process with the worker's traceback, cut to its own one line."
+    msg = str(e)
+    if not msg.startswith('Caught ') or 'Original Traceback' not in msg:
+        return e
+    last = msg.strip().splitlines()[-1]
+    prefix = type(e).__name__ + ': '
+    return type(e)(last[len(prefix):] if last.startswith(prefix) else last)
+
 @patch
 def _torchvision_batches(self: LTLoader, idx):
     "Batches of per-image torchvision transforms in a DataLoader, each item seeded from (seed, epoch, index)."
@@ -172,8 +181,11 @@ def _torchvision_batches(self: LTLoader, idx):
     view = _TransformView(self.dataset, self.dataset.transform_for(self.train), seed)
     batches = [idx[b * bs:(b + 1) * bs].tolist() for b in range(n_batches)]
     dl = DataLoader(view, batch_sampler=batches, num_workers=self.num_workers, pin_memory=self.device.type == 'cuda')
-    for x, y, i in dl:
-        yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True), i.to(self.device, non_blocking=True)
+    try:
+        for x, y, i in dl:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True), i.to(self.device, non_blocking=True)
+    except (FileNotFoundError, ValueError) as e:   # a missing or corrupt image: the same one line with any num_workers
+        raise _worker_error(e) from None
 
 @patch
 def __iter__(self: LTLoader):

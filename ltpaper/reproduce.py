@@ -27,6 +27,21 @@ def render(table, profile, results_root=None, seeds=None, tables_root=None, figu
                             cwd=str(out.parent), progress_bar=False, shutdown_kernel='immediate', log_output=False)
     return out
 
+def _snapshot(roots: dict) -> dict:
+    "path -> (inode, mtime, size) of every file in the tables and figures folders."
+    out = {}
+    for d in (Path(roots['tables']), Path(roots['figures'])):
+        if d.is_dir():
+            for p in sorted(d.iterdir()):
+                if p.is_file() and not p.name.startswith('.'):
+                    st = p.stat()
+                    out[str(p)] = (st.st_ino, st.st_mtime_ns, st.st_size)
+    return out
+
+def _written(before: dict, roots: dict) -> list:
+    "Files of the tables and figures folders created or rewritten since `before` (a `_snapshot`)."
+    return [p for p, st in _snapshot(roots).items() if before.get(p) != st]
+
 def reproduce(table, profile=None, rows=None, seeds=None, device=None, gpus=None, launcher='local', force=False,
               results_root=None, render_outputs=True, progress=True, configs_root=None, log=print, n_jobs=1) -> dict:
     "Run every missing row x seed of `table` through the experiment notebook, then render its table and figures."
@@ -53,10 +68,14 @@ def reproduce(table, profile=None, rows=None, seeds=None, device=None, gpus=None
     if todo:
         results = execute_jobs(todo, gpus, launcher, slurm, roots['results']/'submitit', progress, desc=table, n_jobs=n_jobs)
     failed = [r for r in results if r['state'] != 'done']
-    rendered = None
+    rendered, written = None, []
     if render_outputs:
-        try: rendered = render(table, profile, results_root, seeds)
+        before = _snapshot(roots)
+        try:
+            rendered = render(table, profile, results_root, seeds)
+            written = _written(before, roots)
         except Exception as ex:
             failed.append(dict(table=table, row='(render)', seed=None, state='failed', error=_one_line(ex),
                                executed=str(roots['results']/'executed'/'paper'/f'{table}.ipynb')))
-    return dict(table=table, profile=profile, jobs=jobs, ran=results, skipped=skipped, failed=failed, rendered=rendered, roots=roots)
+    return dict(table=table, profile=profile, jobs=jobs, ran=results, skipped=skipped, failed=failed, rendered=rendered,
+                written=written, roots=roots)

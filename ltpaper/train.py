@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['lr_at', 'limit_dataset', 'accuracy_record', 'evaluate', 'rng_state', 'set_rng_state', 'atomic_write',
-           'save_checkpoint', 'load_checkpoint', 'NonFiniteLossError', 'WeightMonitor', 'train_one_epoch', 'train']
+           'save_checkpoint', 'load_checkpoint', 'NonFiniteLossError', 'WeightMonitor', 'monitors_weights',
+           'train_one_epoch', 'train']
 
 # %% ../nbs/04_train.ipynb #26e6d77a
 import bisect, copy, json, math, os, platform, random, socket, subprocess, sys, time
@@ -188,7 +189,7 @@ class WeightMonitor:
 
     def update(self, loss_fn, y):
         w = getattr(loss_fn, 'last_weights', None)
-        if w is None:
+        if not torch.is_tensor(w) or w.shape != y.shape:   # only (B,) per-sample weights; None or (B, C) are skipped
             return
         w = w.detach().double()
         self.sum.index_add_(0, y, w)
@@ -205,6 +206,14 @@ class WeightMonitor:
         r = lambda t: [None if not math.isfinite(v) else round(v, 5) for v in t.tolist()]
         return dict(mean_per_class=r(mean), max_per_class=r(torch.where(self.n > 0, self.max, nan(self.max))),
                     effective_batch_fraction=round(float(self.ess) / self.steps, 5))
+
+
+def monitors_weights(loss_fn: nn.Module, loss_name: str) -> bool:
+    "Whether `train` records `loss_fn.last_weights`: the loss's `per_sample_weights` flag, else only `ours*` losses."
+    flag = getattr(loss_fn, 'per_sample_weights', None)
+    if flag is not None:
+        return bool(flag)
+    return loss_name.startswith('ours') and hasattr(loss_fn, 'last_weights')
 
 # %% ../nbs/04_train.ipynb #7af61c6f
 def train_one_epoch(step_model: nn.Module,  # what the forward runs through (maybe DDP-wrapped / compiled)
@@ -338,7 +347,9 @@ def _build_run(c: TrainConfig, device: torch.device, rank: int, world: int, h: s
     torch.manual_seed(c.seed)
     np.random.seed(c.seed)
     random.seed(c.seed)
-    model = build_model(c.model, train_set.num_classes, in_channels=train_set.in_channels, channels_last=c.channels_last)
+    head = 'normed' if c.loss == 'ldam' else 'linear'   # LDAM-DRW pairs s = 30 with a normalised linear head
+    model = build_model(c.model, train_set.num_classes, in_channels=train_set.in_channels, channels_last=c.channels_last,
+                        head=head)
     model = model.to(device)
     if rank:
         torch.manual_seed(c.seed + 1_000_003 * rank)  # per-rank stream for the loss's own randomness
@@ -388,7 +399,7 @@ def _train_epoch(r: _Run, epoch: int, tty: bool, set_progress, sync_every: int) 
     r.train_loader.set_epoch(epoch)
     bbar = tqdm(total=len(r.train_loader), desc=f'epoch {epoch + 1}', leave=False, dynamic_ncols=True, mininterval=1.0,
                 disable=not tty)
-    monitor = WeightMonitor(r.train_set.num_classes, r.device) if hasattr(r.loss_fn, 'last_weights') else None
+    monitor = WeightMonitor(r.train_set.num_classes, r.device) if monitors_weights(r.loss_fn, c.loss) else None
     try:
         train_loss, n_epoch, train_top1 = train_one_epoch(r.step_model, r.model, r.train_loader, r.loss_fn, r.opt, c,
                                               sync_every=sync_every, bar=bbar, monitor=monitor)
@@ -471,9 +482,9 @@ def _run_epochs(r: _Run, st: dict, t_setup: float):
     ebar.close()
 
 # %% ../nbs/04_train.ipynb #c0f112db
-def _provenance(device: torch.device, started: str) -> dict:
+def _provenance(device: torch.device, started: str, data_dir=None) -> dict:
     commit, dirty = _git_info()
-    return dict(ltpaper=ltpaper.__version__, git_commit=commit, git_dirty=dirty, torch=torch.__version__,
+    return dict(ltpaper=ltpaper.__version__, git_commit=commit, git_dirty=dirty, torch=torch.__version__, data_dir=data_dir,
                 device=torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu',
                 threads=torch.get_num_threads(), deterministic=torch.are_deterministic_algorithms_enabled(),
                 hostname=socket.gethostname(), python=platform.python_version(), started=started, finished=_now())
@@ -485,7 +496,7 @@ def _metrics_record(r: _Run, st: dict) -> dict:
                 last=st['last'], best=st['best'], val=st['val'], history=st['history'],
                 class_counts=r.counts, num_train=len(r.train_set), num_test=len(r.test_set),
                 wall_time_s=st['wall_time_s'], images_per_s=st['images_seen'] / max(st['train_time_s'], 1e-9),
-                provenance=_provenance(r.device, st['started']))
+                provenance=_provenance(r.device, st['started'], getattr(r.train_set, 'data_dir', None)))
 
 def _train(c: TrainConfig, device: torch.device, rank: int, world: int) -> dict:
     t_start, started = time.perf_counter(), _now()

@@ -91,7 +91,7 @@ def test_disk_full_writing_metrics_keeps_previous_metrics(tmp_path, monkeypatch,
     assert (tmp_path/'metrics.json').read_bytes() == before             # the previous results intact
     assert tmp_files(tmp_path) == []                                    # no temp file left behind
     capsys.readouterr()
-    assert cli_train(cli_args(tmp_path) + ['--seed', '2']) == 1                                         # CLI: exit 1 and one line, no traceback
+    assert cli_train(cli_args(tmp_path) + ['--seed', '2', '--force']) == 1                                         # CLI: exit 1 and one line, no traceback
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and 'No space left on device' in err and 'metrics.json' in err, err
     assert (tmp_path/'metrics.json').read_bytes() == before and tmp_files(tmp_path) == []

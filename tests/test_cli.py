@@ -1,0 +1,99 @@
+"""The `ltpaper` command as a user meets it: `train --help` documents every flag and lists the valid names, `train`
+refuses an out-dir holding another config's run unless `--force`, `reproduce` ends by naming what it wrote."""
+import json
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+import torch
+
+from ltpaper.cli import cli_reproduce, cli_train, train_parser
+from ltpaper.config import TrainConfig, config_hash
+from ltpaper.data import DATASETS
+from ltpaper.losses import LOSSES
+from ltpaper.models import MODELS
+from ltpaper.runs import fake_metrics, plan_jobs
+
+from helpers import FMNIST, cli
+
+torch.set_num_threads(1)
+need_fmnist = pytest.mark.skipif(not (FMNIST/'train-images-idx3-ubyte.gz').is_file(), reason="Debian's dataset-fashion-mnist not installed")
+
+SMOKE = ['--dataset', 'fmnist_lt', '--model', 'small_resnet', '--epochs', '1', '--warmup-epochs', '0', '--milestones', '',
+         '--lr-decay', '', '--limit-train', '200', '--limit-test', '50', '--device', 'cpu', '--threads', '1', '--no-progress']
+
+
+# ---------------------------------------------------------------- ltpaper train --help
+def test_train_help_has_a_line_per_flag_and_the_valid_names():
+    code, out, err = cli(cli_train, ['--help'])
+    assert code == 0 and err == ''
+    for f in fields(TrainConfig):
+        assert '--' + f.name.replace('_', '-') in out, f.name
+    assert '--force' in out
+    for action in train_parser()._actions:
+        assert action.help and not action.help.startswith('(default'), action.dest      # words, not only a default
+    flat = ' '.join(out.split())
+    for names in (LOSSES, DATASETS, MODELS):
+        assert 'one of: ' + ', '.join(sorted(names)) in flat
+
+
+# ---------------------------------------------------------------- ltpaper train into an occupied out-dir
+def _snapshot(d: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
+
+def test_train_refuses_another_configs_metrics(tmp_path):
+    (tmp_path/'metrics.json').write_text(json.dumps(dict(config_hash='0123456789ab', status='complete')))
+    before = _snapshot(tmp_path)
+    code, out, err = cli(cli_train, SMOKE + ['--out-dir', str(tmp_path)])
+    assert (code, out, err.count('\n')) == (2, '', 1), err
+    assert err.startswith('ltpaper train: error: ') and 'metrics.json holds another run (config 0123456789ab' in err and '--force' in err
+    assert _snapshot(tmp_path) == before                                       # untouched
+
+def test_train_refuses_another_configs_or_unreadable_checkpoint(tmp_path):
+    torch.save(dict(config_hash='feedfacecafe'), tmp_path/'checkpoint.pt')
+    code, _, err = cli(cli_train, SMOKE + ['--out-dir', str(tmp_path)])
+    assert code == 2 and 'checkpoint.pt holds another run (config feedfacecafe' in err
+    (tmp_path/'checkpoint.pt').write_bytes(b'\x00garbage')
+    code, _, err = cli(cli_train, SMOKE + ['--out-dir', str(tmp_path), '--resume'])
+    assert code == 2 and 'cannot be read' in err and err.count('\n') == 1
+
+def test_train_accepts_its_own_config(tmp_path):
+    "A metrics.json of the same config is no conflict (rerun / resume, as before)."
+    from ltpaper.cli import _check_out_dir
+    from ltpaper.cli import _parse_train
+    c, force = _parse_train(SMOKE + ['--out-dir', str(tmp_path)])
+    (tmp_path/'metrics.json').write_text(json.dumps(dict(config_hash=config_hash(c))))
+    assert force is False and _check_out_dir(c) is None
+
+@need_fmnist
+def test_train_force_replaces_the_other_run(tmp_path):
+    (tmp_path/'metrics.json').write_text(json.dumps(dict(config_hash='0123456789ab')))
+    code, out, err = cli(cli_train, SMOKE + ['--out-dir', str(tmp_path), '--force'])
+    assert code == 0 and 'last top-1' in out, err
+    m = json.loads((tmp_path/'metrics.json').read_text())
+    assert m['config_hash'] != '0123456789ab' and m['status'] == 'complete'
+
+
+# ---------------------------------------------------------------- the end of ltpaper reproduce
+def test_reproduce_ends_with_what_it_wrote_and_the_next_command(tmp_path, monkeypatch):
+    import ltpaper.reproduce as rp
+    for j in plan_jobs('fmnist_lt', 'smoke', rows='softmax-if100', seeds=[0], results_root=tmp_path):
+        fake_metrics(j)
+    (tmp_path/'tables').mkdir()
+    (tmp_path/'tables'/'unrelated.md').write_text('not rewritten')
+    def fake_render(table, profile, results_root=None, seeds=None, **kw):   # stands in for the paper notebook (11 s)
+        for sub, name in (('tables', f'{table}.md'), ('tables', f'{table}.csv'), ('figures', f'{table}_per_class.png')):
+            (Path(results_root)/sub).mkdir(exist_ok=True)
+            (Path(results_root)/sub/name).write_text('x')
+        out = Path(results_root)/'executed'/'paper'/f'{table}.ipynb'
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text('{}')
+        return out
+    monkeypatch.setattr(rp, 'render', fake_render)
+    code, out, err = cli(cli_reproduce, ['fmnist_lt', '--profile', 'smoke', '--rows', 'softmax-if100', '--seeds', '0',
+                                         '--results-root', str(tmp_path)])
+    assert code == 0, err
+    root = tmp_path.resolve()
+    assert f"tables: {root/'tables'/'fmnist_lt.csv'}, {root/'tables'/'fmnist_lt.md'}" in out, out
+    assert f"figures: {root/'figures'/'fmnist_lt_per_class.png'}" in out and 'unrelated.md' not in out
+    assert f"next: cat {root/'tables'/'fmnist_lt.md'}" in out
