@@ -251,6 +251,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'ltpaper.losses.document_losses': ('losses.html#document_losses', 'ltpaper/losses.py'),
                                 'ltpaper.losses.effective_hparams': ('losses.html#effective_hparams', 'ltpaper/losses.py'),
                                 'ltpaper.losses.eql_logits': ('losses.html#eql_logits', 'ltpaper/losses.py'),
+                                'ltpaper.losses.focal_factor': ('losses.html#focal_factor', 'ltpaper/losses.py'),
                                 'ltpaper.losses.focal_loss': ('losses.html#focal_loss', 'ltpaper/losses.py'),
                                 'ltpaper.losses.ghm_c_weights': ('losses.html#ghm_c_weights', 'ltpaper/losses.py'),
                                 'ltpaper.losses.loss_hparams': ('losses.html#loss_hparams', 'ltpaper/losses.py'),

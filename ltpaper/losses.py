@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['OURS_BINNINGS', 'LOSSES', 'TABLE3_ROWS', 'counts_from_labels', 'LTLoss', 'softmax_loss', 'SoftmaxLoss', 'weighted_ce',
-           'ClassBalancedLoss', 'EffectiveNumberLoss', 'focal_loss', 'FocalLoss', 'ghm_c_weights', 'GHMLoss',
-           'eql_logits', 'EqualizationLoss', 'margin_logits', 'seesaw_logits', 'SeesawLoss', 'LDAMLoss',
+           'ClassBalancedLoss', 'EffectiveNumberLoss', 'focal_factor', 'focal_loss', 'FocalLoss', 'ghm_c_weights',
+           'GHMLoss', 'eql_logits', 'EqualizationLoss', 'margin_logits', 'seesaw_logits', 'SeesawLoss', 'LDAMLoss',
            'LogitAdjustmentLoss', 'BalancedSoftmaxLoss', 'ours_loss', 'IntraStats', 'OursLoss', 'loss_hparams',
            'effective_hparams', 'build_loss', 'document_losses', 'check_inert_hparams']
 
@@ -68,6 +68,8 @@ def _check_num(loss, param, v, lo=-math.inf, hi=math.inf, lo_open=False, hi_open
 class LTLoss(nn.Module):
     "Base: validates inputs, holds `class_counts` (C,) as a buffer, returns the mean loss."
     stateful = False               # True: keeps running statistics in buffers (Seesaw, GHM, ours)
+    per_sample_weights = False     # True: `last_weights` is a detached (B,) tensor of per-sample weights (ours*)
+    last_weights = None            # re-weighting losses: the weights of the last batch (see each loss for meaning and scale)
     update_stats: bool|None = None  # None: statistics update in train() mode with autograd on; True/False: always/never
 
     def __init__(self, class_counts):
@@ -131,17 +133,18 @@ def weighted_ce(logits, target, class_weight):
     return F.cross_entropy(logits, target, weight=class_weight.to(logits.dtype))
 
 class ClassBalancedLoss(LTLoss):
-    "Inverse-frequency weighted CE."
+    "Inverse-frequency weighted CE; `last_weights` (B,): w_{y_i}, classes average 1 (the loss divides by their sum)."
     def __init__(self, class_counts):
         super().__init__(class_counts)
         inv = 1.0 / self.counts1
         self.register_buffer('class_weight', inv / inv.mean())
     def forward(self, logits, target, index=None):
         z, y = self.check_inputs(logits, target)
+        self.last_weights = self.class_weight[y]
         return weighted_ce(z, y, self.class_weight)
 
 class EffectiveNumberLoss(LTLoss):
-    "Class-balanced loss of Cui et al. (softmax): weights (1-beta)/(1-beta^n_c), summing to C."
+    "Class-balanced loss of Cui et al. (softmax): weights (1-beta)/(1-beta^n_c), summing to C; `last_weights` (B,): w_{y_i}."
     def __init__(self, class_counts,
                  beta: float = 0.9999):   # Cui et al.'s beta in [0, 1): effective number (1 - beta^n) / (1 - beta)
         super().__init__(class_counts)
@@ -151,16 +154,21 @@ class EffectiveNumberLoss(LTLoss):
         self.register_buffer('class_weight', (w / w.sum() * self.num_classes).float())
     def forward(self, logits, target, index=None):
         z, y = self.check_inputs(logits, target)
+        self.last_weights = self.class_weight[y]
         return weighted_ce(z, y, self.class_weight)
 
 # %% ../nbs/00_losses.ipynb #f3a09a3d
+def focal_factor(ce, gamma=1.0):
+    "The modulating factor (1 - p_y) ** gamma from the per-sample CE (p_y = exp(-CE))."
+    return (-torch.expm1(-ce)).clamp(min=0) ** gamma
+
 def focal_loss(logits, target, gamma=1.0):
     "Softmax focal loss, mean over the batch."
     ce = F.cross_entropy(logits, target, reduction='none')
-    return ((-torch.expm1(-ce)).clamp(min=0) ** gamma * ce).mean()
+    return (focal_factor(ce, gamma) * ce).mean()
 
 class FocalLoss(LTLoss):
-    "Softmax focal loss."
+    "Softmax focal loss; `last_weights` (B,): the modulating factors (1 - p_{i,y_i}) ** gamma in [0, 1], detached."
     def __init__(self, class_counts,
                  gamma: float = 1.0):   # focusing exponent: CE_i is scaled by (1 - p_{i,y_i}) ** gamma
         super().__init__(class_counts)
@@ -168,7 +176,10 @@ class FocalLoss(LTLoss):
         self.gamma = gamma
     def forward(self, logits, target, index=None):
         z, y = self.check_inputs(logits, target)
-        return focal_loss(z, y, self.gamma)
+        ce = F.cross_entropy(z, y, reduction='none')
+        factor = focal_factor(ce, self.gamma)
+        self.last_weights = factor.detach()
+        return (factor * ce).mean()
 
 # %% ../nbs/00_losses.ipynb #9cb4b97a
 def ghm_c_weights(g, acc_sum, bins, momentum):
@@ -183,7 +194,7 @@ def ghm_c_weights(g, acc_sum, bins, momentum):
     return w_bin[idx], acc
 
 class GHMLoss(LTLoss):
-    "Sigmoid GHM-C over all C outputs with one-hot targets."
+    "Sigmoid GHM-C over all C outputs with one-hot targets; `last_weights` (B, C): the per-output weights T / S_bin / n."
     stateful = True
     def __init__(self, class_counts,
                  bins: int = 10,             # uniform bins of g = |sigmoid(z) - y| (30 on Tiny-ImageNet-LT)
@@ -200,6 +211,7 @@ class GHMLoss(LTLoss):
             g = (torch.sigmoid(z) - onehot).abs()
             w, acc = ghm_c_weights(g, self.acc_sum.to(z.dtype), self.bins, self.momentum)
             self.acc_sum.copy_(acc)
+        self.last_weights = w
         bce = F.binary_cross_entropy_with_logits(z, onehot, reduction='none')
         return (w * bce).sum() / z.numel()
 
@@ -324,6 +336,7 @@ OURS_BINNINGS = ('ura', 'aura')
 class OursLoss(LTLoss):
     "Eq. L: category-wise gradient harmonizing with adaptive bin precision (A) plus one-sided logit margins (R)."
     stateful = True
+    per_sample_weights = True       # last_weights (B,): w_i, mean 1 inside each category (ones when A is off)
     def __init__(self, class_counts,
                  gamma: float = 0.8,            # R: margin strength, M = gamma * min(0, log n_n - log n_y) (Seesaw's p)
                  bins: int = 10,                # base bins of [0, 1] (the paper's author used 30 on Tiny-ImageNet-LT)
