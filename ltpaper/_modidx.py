@@ -420,6 +420,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                'ltpaper.train._Run': ('train.html#_run', 'ltpaper/train.py'),
                                'ltpaper.train._build_data': ('train.html#_build_data', 'ltpaper/train.py'),
                                'ltpaper.train._build_run': ('train.html#_build_run', 'ltpaper/train.py'),
+                               'ltpaper.train._cpu_model': ('train.html#_cpu_model', 'ltpaper/train.py'),
                                'ltpaper.train._dist_context': ('train.html#_dist_context', 'ltpaper/train.py'),
                                'ltpaper.train._distributed': ('train.html#_distributed', 'ltpaper/train.py'),
                                'ltpaper.train._epoch_line': ('train.html#_epoch_line', 'ltpaper/train.py'),

@@ -164,6 +164,14 @@ def _gather_objects(obj, world: int) -> list:
     dist.all_gather_object(out, obj)
     return out
 
+def _cpu_model() -> str:
+    "The processor's model name: floating-point results on the CPU can differ between processor families (SIMD paths)."
+    try:
+        for line in open('/proc/cpuinfo'):
+            if line.startswith('model name'): return line.split(':', 1)[1].strip()
+    except OSError: pass
+    return platform.processor() or platform.machine()
+
 def _git_info():
     "(commit, dirty) of the repository holding the ltpaper package, or (None, None)."
     root = Path(ltpaper.__file__).resolve().parent.parent
@@ -486,7 +494,7 @@ def _provenance(device: torch.device, started: str, data_dir=None) -> dict:
     commit, dirty = _git_info()
     return dict(ltpaper=ltpaper.__version__, git_commit=commit, git_dirty=dirty, torch=torch.__version__, data_dir=data_dir,
                 device=torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu',
-                threads=torch.get_num_threads(), deterministic=torch.are_deterministic_algorithms_enabled(),
+                threads=torch.get_num_threads(), deterministic=torch.are_deterministic_algorithms_enabled(), cpu=_cpu_model(),
                 hostname=socket.gethostname(), python=platform.python_version(), started=started, finished=_now())
 
 def _metrics_record(r: _Run, st: dict) -> dict:

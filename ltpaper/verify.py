@@ -15,7 +15,7 @@ from .runs import job_state, plan_jobs, read_metrics
 
 # %% ../nbs/05f_verify.ipynb #6b89f1b8
 VOLATILE = ('epoch_time_s',)        # history keys that measure speed, not results
-PROVENANCE = ('git_commit', 'git_dirty', 'torch', 'device', 'threads', 'deterministic')
+PROVENANCE = ('git_commit', 'git_dirty', 'torch', 'device', 'cpu', 'threads', 'deterministic')
 
 def results_view(rec: dict) -> dict:
     "What a run computed: accuracies (last, best, validation), class counts and the training history without timings."
