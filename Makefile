@@ -44,10 +44,15 @@ sync-check: $(STAMP)
 # One OpenMP thread per process: the test runners start several torch processes at once, and on 2 cores
 # spinning OpenMP threads of different processes slow each other down by up to 10x.
 test: export OMP_NUM_THREADS = 1
+# The tests leave the work tree as they found it (rendered files are byte-stable, outputs go to temporary folders).
 test: $(STAMP) data chromium
+	@git status --porcelain > $(VENV)/.status-before 2>/dev/null || true
 	PATH=$(BIN):$$PATH $(BIN)/nbdev-test --n-workers 2 --timing
 	PATH=$(BIN):$$PATH $(PY) -m pytest -q tests
 	@bash tools/check_sync.sh $(BIN)
+	@git status --porcelain 2>/dev/null | diff -q $(VENV)/.status-before - >/dev/null || { \
+	  echo "make test changed the work tree (git status before vs after):" >&2; \
+	  git status --porcelain | diff $(VENV)/.status-before - >&2; exit 1; }
 
 JOBS ?= 2
 reproduce: $(STAMP) data
