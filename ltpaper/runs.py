@@ -168,8 +168,10 @@ def _atomic_write_bytes(path, data):
         os.fchmod(fd, 0o644)
         with os.fdopen(fd, 'wb') as f: f.write(data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:   # a full disk says which file it could not write
+            raise OSError(e.errno, f"could not write {path}: {e.strerror or e}") from None
         raise
 
 def fake_metrics(job, top1=50.0, class_counts=(100, 40, 10, 4), epochs=2, seed_noise=0.0) -> dict:
