@@ -76,6 +76,7 @@ def plan_jobs(table, profile, rows=None, seeds=None, device=None, results_root=N
 
 # %% ../nbs/05b_runs.ipynb #68d7b958
 _REQUIRED = ('schema', 'config', 'status', 'last', 'best', 'history', 'class_counts')
+_KEPT = 'metrics.previous.json'    # a finished result kept aside while its rerun (--force, stale, corrupt) runs
 
 def _num(x) -> bool: return isinstance(x, (int, float)) and not isinstance(x, bool)
 
@@ -136,6 +137,8 @@ def job_state(job) -> tuple:
     "(state, detail) of a job from the files in its run folder."
     out = Path(job.out_dir)
     m, e = out/'metrics.json', out/'error.json'
+    if not m.exists() and (out/_KEPT).exists() and lock_holder(out) is None:   # its rerun was killed (SIGKILL): the result is back
+        with contextlib.suppress(OSError): os.replace(out/_KEPT, m)
     if m.exists():
         try: rec = read_metrics(m)
         except ValueError as ex: return 'corrupt', str(ex)
@@ -267,8 +270,6 @@ def _take_lock(out):
     return lock_holder(out) or {'pid': '?', 'host': '?', 'since': 'now'}
 
 # %% ../nbs/05b_runs.ipynb #64b420cc
-_KEPT = 'metrics.previous.json'    # a finished result kept aside while its rerun runs
-
 def run_job(job, notebook=None, kernel_name='python3') -> dict:
     "Execute the experiment notebook for one job; return {state: done|failed, ...}; failures go to error.json (or the result)."
     out, executed = Path(job.out_dir), Path(job.executed)

@@ -335,3 +335,15 @@ def test_no_unencrypted_tcp_kernel_warning(tmp_path, capfd):
     assert res['state'] == 'failed' and 'metrics.json' in res['error'] and Path(j.executed).is_file(), res
     cap = capfd.readouterr()
     assert 'without encryption' not in cap.err + cap.out
+
+
+def test_result_kept_aside_by_a_killed_force_rerun_comes_back(tmp_path):
+    "A `--force` rerun SIGKILLed mid-run leaves metrics.previous.json and no lock holder: status puts the result back, still done."
+    j = _jobs(tmp_path, 'softmax-if100')[0]
+    fake_metrics(j)
+    out = Path(j.out_dir)
+    before = (out/'metrics.json').read_bytes()
+    os.replace(out/'metrics.json', out/RUNS._KEPT)
+    code, o, err = cli(cli_status, _sargs(tmp_path, 'softmax-if100'))
+    assert code == 0 and o.startswith('done        fmnist_lt/softmax-if100'), o + err
+    assert (out/'metrics.json').read_bytes() == before and not (out/RUNS._KEPT).exists()
