@@ -88,7 +88,7 @@ def _schema_problems(rec) -> list:
         ep = rec[k] if isinstance(rec[k], dict) else {}
         if not _num(ep.get('top1')): bad.append(f'{k}.top1')
         pc = ep.get('per_class')
-        if not (isinstance(pc, list) and all(_num(v) for v in pc)): bad.append(f'{k}.per_class')
+        if not (isinstance(pc, list) and all(v is None or _num(v) for v in pc)): bad.append(f'{k}.per_class')   # None: no test image
     if isinstance(rec['class_counts'], list) and not all(_num(v) for v in rec['class_counts']): bad.append('class_counts[]')
     if isinstance(rec['history'], list) and not all(isinstance(h, dict) for h in rec['history']): bad.append('history[]')
     return bad
