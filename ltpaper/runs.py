@@ -51,7 +51,8 @@ def select_rows(rows, pattern=None) -> list:
     _need(globs, f"--rows {pattern!r} names no row (an empty pattern selects nothing; leave --rows out for every row)")
     some = f"rows are e.g. {', '.join(r.name for r in rows[:4])}, ... ({len(rows)} in all)"
     unmatched = [g for g in globs if not any(fnmatch.fnmatchcase(r.name, g) for r in rows)]
-    _need(not unmatched, f"--rows {pattern!r}: {', '.join(map(repr, unmatched))} matches no row; {some}")
+    what = f"--rows {pattern!r}" if len(globs) == 1 else f"--rows {pattern!r}: {', '.join(map(repr, unmatched))}"
+    _need(not unmatched, f"{what} matches no row; {some}")
     return [r for r in rows if any(fnmatch.fnmatchcase(r.name, g) for g in globs)]
 
 def plan_jobs(table, profile, rows=None, seeds=None, device=None, results_root=None, configs_root=None) -> list:

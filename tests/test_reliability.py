@@ -347,3 +347,12 @@ def test_result_kept_aside_by_a_killed_force_rerun_comes_back(tmp_path):
     code, o, err = cli(cli_status, _sargs(tmp_path, 'softmax-if100'))
     assert code == 0 and o.startswith('done        fmnist_lt/softmax-if100'), o + err
     assert (out/'metrics.json').read_bytes() == before and not (out/RUNS._KEPT).exists()
+
+
+def test_schema_accepts_what_training_writes(tmp_path):
+    "A class without test images has a null per-class accuracy (train writes None for NaN): still a valid, done run."
+    j = _jobs(tmp_path, 'softmax-if100')[0]
+    rec = fake_metrics(j)
+    rec['last']['per_class'][0] = rec['best']['per_class'][0] = None
+    (Path(j.out_dir)/'metrics.json').write_text(json.dumps(rec))
+    assert job_state(j)[0] == 'done'
