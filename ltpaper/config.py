@@ -114,7 +114,7 @@ def _increasing(xs): return all(m >= 1 for m in xs) and all(a < b for a, b in zi
 def _range_checks(c: TrainConfig) -> list:
     "(field, ok, message) for every range a field must lie in."
     cuda_n = c.device.startswith('cuda:') and c.device[5:].isdigit()
-    subset_ok = c.subset_seed is None or (not isinstance(c.subset_seed, bool) and c.subset_seed >= 0)
+    subset_ok = c.subset_seed is None or (not isinstance(c.subset_seed, bool) and 0 <= c.subset_seed < 2**32)
     return [('imbalance_factor', c.imbalance_factor >= 1 and math.isfinite(c.imbalance_factor), "must be a finite number >= 1"),
             ('epochs', c.epochs >= 1, "must be >= 1"),
             ('batch_size', c.batch_size >= 1, "must be >= 1"),
@@ -126,8 +126,8 @@ def _range_checks(c: TrainConfig) -> list:
             ('lr_decay', len(c.lr_decay) == len(c.milestones), f"needs one multiplier per milestone ({len(c.milestones)})"),
             ('lr_decay', all(d > 0 for d in c.lr_decay), "multipliers must be > 0"),
             ('grad_clip', c.grad_clip >= 0, "must be >= 0 (0 = no clipping)"),
-            ('seed', c.seed >= 0, "must be >= 0"),
-            ('subset_seed', subset_ok, "must be None or >= 0"),
+            ('seed', 0 <= c.seed < 2**32, "must lie in [0, 2**32) (numpy's seed range)"),
+            ('subset_seed', subset_ok, "must be None or lie in [0, 2**32)"),
             ('device', c.device in ('auto', 'cpu', 'cuda') or cuda_n, "use auto, cpu, cuda or cuda:N"),
             ('val_per_class', c.val_per_class >= 0, "must be >= 0"),
             ('eval_every', c.eval_every >= 1, "must be >= 1"),

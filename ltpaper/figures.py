@@ -6,9 +6,11 @@
 __all__ = ['plot_per_class', 'plot_groups', 'plot_curves', 'margin_matrix', 'plot_margins', 'save_figure', 'write_figures']
 
 # %% ../nbs/05e_figures.ipynb #b9b4b1f6
+import io
 from pathlib import Path
 
 from .report import _label, view_rows, view_spec
+from .runs import _atomic_write_bytes
 from .tables import DATASET_NAMES, GROUPS, _fmt_if
 
 # %% ../nbs/05e_figures.ipynb #f346857b
@@ -115,12 +117,14 @@ def plot_margins(class_counts, gamma=0.8, title=''):
 
 # %% ../nbs/05e_figures.ipynb #8df4cee3
 def save_figure(fig, figures_root, stem) -> list:
-    "Save as PNG (150 dpi) and PDF (no timestamps, so reruns give the same files); return the paths."
+    "Save as PNG (150 dpi) and PDF (no timestamps, so reruns give the same files), each written atomically; return the paths."
     root = Path(figures_root)
-    root.mkdir(parents=True, exist_ok=True)
     paths = [root/f'{stem}.png', root/f'{stem}.pdf']
-    fig.savefig(paths[0], dpi=150, bbox_inches='tight', metadata={'Software': None})
-    fig.savefig(paths[1], bbox_inches='tight', metadata={'CreationDate': None, 'ModDate': None, 'Producer': None, 'Creator': None})
+    meta = [{'Software': None}, {'CreationDate': None, 'ModDate': None, 'Producer': None, 'Creator': None}]
+    for path, md, fmt in zip(paths, meta, ('png', 'pdf')):
+        buf = io.BytesIO()                  # rendered in memory: a full disk never leaves a truncated figure in place of a good one
+        fig.savefig(buf, format=fmt, dpi=150 if fmt == 'png' else 'figure', bbox_inches='tight', metadata=md)
+        _atomic_write_bytes(path, buf.getvalue())
     return paths
 
 def write_figures(res, view, close=True) -> dict:

@@ -30,8 +30,16 @@ def _failed(job, err, executed=None) -> dict:
     "Record a failure that happened outside the notebook (a crashed worker, a Slurm error)."
     info = dict(table=job.table, row=job.row, seed=job.seed, config_hash=job.config_hash, error=err,
                 executed_notebook=str(executed or job.executed), time=datetime.now(timezone.utc).isoformat(timespec='seconds'))
-    _atomic_write_text(Path(job.out_dir)/'error.json', json.dumps(info, indent=1))
-    return dict(table=job.table, row=job.row, seed=job.seed, executed=str(job.executed), state='failed', error=err)
+    res = dict(table=job.table, row=job.row, seed=job.seed, executed=str(job.executed), state='failed', error=err)
+    try: _atomic_write_text(Path(job.out_dir)/'error.json', json.dumps(info, indent=1))
+    except OSError as ex:   # the folder cannot take it: the failure is still counted and reported (summary, stderr)
+        res.update(unrecorded=True, error=f"{err} (and {Path(job.out_dir)/'error.json'} could not be written: {_one_line(ex)})")
+    return res
+
+def _run_one(job) -> dict:
+    "run_job in this process; anything it raises (it records its own failures) is still this job's failed result."
+    try: return run_job(job)
+    except Exception as ex: return _failed(job, f"ltpaper could not run it: {_one_line(ex)}")
 
 # %% ../nbs/05c_launch.ipynb #f685c988
 def _run_on_gpus(jobs, gpus, bar) -> list:
@@ -93,6 +101,6 @@ def execute_jobs(jobs, gpus=None, launcher='local', slurm=None, folder=None, pro
         results = []
         for j in jobs:
             bar.set_postfix_str(f"{j.row} seed{j.seed}")
-            results.append(run_job(j))
+            results.append(_run_one(j))
             bar.update(1)
         return results

@@ -6,10 +6,11 @@
 __all__ = ['render', 'reproduce']
 
 # %% ../nbs/05_reproduce.ipynb #78908d7c
+import dataclasses
 from pathlib import Path
 
 from .launch import execute_jobs
-from .runs import _clear_run, _kernel_env, _one_line, job_state, output_roots, paper_notebook, plan_jobs
+from .runs import _ipc_kernel_manager, _kernel_env, _one_line, job_state, output_roots, paper_notebook, plan_jobs
 from .settings import get_settings
 from .tables import load_table
 
@@ -24,7 +25,8 @@ def render(table, profile, results_root=None, seeds=None, tables_root=None, figu
     out.parent.mkdir(parents=True, exist_ok=True)
     with _kernel_env():
         pm.execute_notebook(str(paper_notebook(table)), str(out), parameters=params, kernel_name='python3',
-                            cwd=str(out.parent), progress_bar=False, shutdown_kernel='immediate', log_output=False)
+                            cwd=str(out.parent), progress_bar=False, shutdown_kernel='immediate', log_output=False,
+                            kernel_manager_class=_ipc_kernel_manager())
     return out
 
 def _snapshot(roots: dict) -> dict:
@@ -42,6 +44,13 @@ def _written(before: dict, roots: dict) -> list:
     "Files of the tables and figures folders created or rewritten since `before` (a `_snapshot`)."
     return [p for p, st in _snapshot(roots).items() if before.get(p) != st]
 
+def _account(todo, results) -> list:
+    "One result per planned job: a job that a launcher lost (no result came back) is a failure, never silence."
+    seen = {(r.get('table'), r.get('row'), r.get('seed')) for r in results}
+    lost = [dict(table=j.table, row=j.row, seed=j.seed, executed=j.executed, state='failed', unrecorded=True,
+                 error='no result came back from its worker (nothing recorded)') for j in todo if (j.table, j.row, j.seed) not in seen]
+    return results + lost
+
 def reproduce(table, profile=None, rows=None, seeds=None, device=None, gpus=None, launcher='local', force=False,
               results_root=None, render_outputs=True, progress=True, configs_root=None, log=print, n_jobs=1) -> dict:
     "Run every missing row x seed of `table` through the experiment notebook, then render its table and figures."
@@ -56,9 +65,7 @@ def reproduce(table, profile=None, rows=None, seeds=None, device=None, gpus=None
             skipped.append(j)
             continue
         if st in ('corrupt', 'stale'): log(f"{j.table}/{j.row} seed{j.seed}: {detail}: rerunning")
-        if force:
-            _clear_run(j.out_dir)
-        todo.append(j)
+        todo.append(dataclasses.replace(j, force=force))   # cleared by run_job, under the row's lock, the old result kept aside
     where = f" on GPUs {gpus}" if gpus else (f", {n_jobs} at once" if n_jobs > 1 else '')
     via = f" via {launcher}" if launcher != 'local' else ''
     log(f"{table} (profile {profile}): {len(jobs)} run(s), {len(skipped)} already done, {len(todo)} to run"
@@ -67,6 +74,7 @@ def reproduce(table, profile=None, rows=None, seeds=None, device=None, gpus=None
     results = []
     if todo:
         results = execute_jobs(todo, gpus, launcher, slurm, roots['results']/'submitit', progress, desc=table, n_jobs=n_jobs)
+    results = _account(todo, results)
     failed = [r for r in results if r['state'] != 'done']
     rendered, written = None, []
     if render_outputs:

@@ -29,29 +29,31 @@ class Job:
     out_dir: str
     executed: str          # the executed notebook's path
     label: str = ''
+    force: bool = False    # rerun even when done: the old metrics.json is kept aside until the new run succeeded
 
 def output_roots(profile, results_root=None) -> dict:
-    "Where runs, tables and figures go: settings' roots for the default profile, `results/<profile>/` for any other (smoke too); DIR for --results-root."
+    "Where runs, tables and figures go (the rule is spelt out below)."
     s = get_settings()
-    if results_root:
-        r = Path(results_root).resolve()
-        return dict(results=r, tables=r/'tables', figures=r/'figures')
-    if profile == 'smoke' or profile != s.default_profile:   # two profiles never share a run folder (nor smoke the committed ones)
-        r = s.results_root/profile
-        return dict(results=r, tables=r/'tables', figures=r/'figures')
-    return dict(results=s.results_root, tables=s.tables_root, figures=s.figures_root)
+    if results_root: r = Path(results_root).resolve()
+    elif profile == 'smoke' or profile != s.default_profile: r = s.results_root/profile   # two profiles never share a run folder
+    else: return dict(results=s.results_root, tables=s.tables_root, figures=s.figures_root)
+    named = {k: getattr(s, f'{k}_root') for k in ('tables', 'figures') if f'LTPAPER_{k.upper()}_ROOT' in os.environ}
+    return dict(results=r, tables=named.get('tables', r/'tables'), figures=named.get('figures', r/'figures'))
 
 def run_dir(results_root, table, row, seed) -> Path: return Path(results_root)/'runs'/table/row/f'seed{seed}'
 def executed_path(results_root, table, row, seed) -> Path: return Path(results_root)/'executed'/table/row/f'seed{seed}.ipynb'
 
 # %% ../nbs/05b_runs.ipynb #d6ff84e8
 def select_rows(rows, pattern=None) -> list:
-    "Rows whose name matches one of the comma-separated globs in `pattern` (all rows when None)."
-    if not pattern: return list(rows)
-    globs = [g.strip() for g in pattern.split(',') if g.strip()]
-    sel = [r for r in rows if any(fnmatch.fnmatchcase(r.name, g) for g in globs)]
-    _need(sel, f"--rows {pattern!r} matches no row; rows are e.g. {', '.join(r.name for r in rows[:4])}, ... ({len(rows)} in all)")
-    return sel
+    "Rows whose name matches one of the comma-separated globs in `pattern` (all rows when None); every glob must match a row."
+    if pattern is None: return list(rows)
+    globs = [g.strip() for g in str(pattern).split(',') if g.strip()]
+    _need(globs, f"--rows {pattern!r} names no row (an empty pattern selects nothing; leave --rows out for every row)")
+    some = f"rows are e.g. {', '.join(r.name for r in rows[:4])}, ... ({len(rows)} in all)"
+    unmatched = [g for g in globs if not any(fnmatch.fnmatchcase(r.name, g) for r in rows)]
+    what = f"--rows {pattern!r}" if len(globs) == 1 else f"--rows {pattern!r}: {', '.join(map(repr, unmatched))}"
+    _need(not unmatched, f"{what} matches no row; {some}")
+    return [r for r in rows if any(fnmatch.fnmatchcase(r.name, g) for g in globs)]
 
 def plan_jobs(table, profile, rows=None, seeds=None, device=None, results_root=None, configs_root=None) -> list:
     "The jobs (row x seed) of a reproduce call; shared (`same_as`) runs appear once."
@@ -75,18 +77,43 @@ def plan_jobs(table, profile, rows=None, seeds=None, device=None, results_root=N
 
 # %% ../nbs/05b_runs.ipynb #68d7b958
 _REQUIRED = ('schema', 'config', 'status', 'last', 'best', 'history', 'class_counts')
+_KEPT = 'metrics.previous.json'    # a finished result kept aside while its rerun (--force, stale, corrupt) runs
+
+def _num(x) -> bool: return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+def _schema_problems(rec) -> list:
+    "What is wrong with the types of a metrics record (empty: nothing)."
+    bad = [k for k, t in (('config', dict), ('status', str), ('last', dict), ('best', dict), ('history', list),
+                          ('class_counts', list)) if not isinstance(rec[k], t)]
+    for k in ('last', 'best'):
+        ep = rec[k] if isinstance(rec[k], dict) else {}
+        if not _num(ep.get('top1')): bad.append(f'{k}.top1')
+        pc = ep.get('per_class')
+        if not (isinstance(pc, list) and all(v is None or _num(v) for v in pc)): bad.append(f'{k}.per_class')   # None: no test image
+    if isinstance(rec['class_counts'], list) and not all(_num(v) for v in rec['class_counts']): bad.append('class_counts[]')
+    if isinstance(rec['history'], list) and not all(isinstance(h, dict) for h in rec['history']): bad.append('history[]')
+    return bad
 
 def read_metrics(path) -> dict:
-    "A run's metrics.json, checked; a corrupt or truncated file is a one-line ValueError naming it."
+    "A run's metrics.json, checked against its schema; a corrupt, truncated or wrong-typed file is a one-line ValueError naming it."
     path = Path(path)
     try: rec = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is corrupt ({type(e).__name__}: {e}); its row will be rerun") from None
+    except OSError as e: raise ValueError(f"{path} cannot be read ({e.strerror or e}); its row will be rerun") from None
     _need(isinstance(rec, dict), f"{path} is corrupt (not a JSON object); its row will be rerun")
     missing = [k for k in _REQUIRED if k not in rec]
     _need(not missing, f"{path} is corrupt (missing {missing}); its row will be rerun")
     _need(rec['schema'] == 1, f"{path} has metrics schema {rec['schema']!r}; this ltpaper reads schema 1")
+    bad = _schema_problems(rec)
+    _need(not bad, f"{path} is corrupt (wrong type of {bad}); its row will be rerun")
     return rec
+
+def _read_json_dict(path) -> dict|None:
+    "A small bookkeeping file (run.lock, error.json, pending.json) as a dict; None when absent, unreadable or not an object."
+    try: d = json.loads(Path(path).read_text())
+    except (OSError, ValueError): return None
+    return d if isinstance(d, dict) else None
 
 def _pid_alive(pid) -> bool:
     try:
@@ -100,9 +127,10 @@ def lock_holder(out):
     lock = Path(out)/'run.lock'
     try: held = json.loads(lock.read_text())
     except FileNotFoundError: return None
-    except (OSError, ValueError):
-        try: return None if time.time() - lock.stat().st_mtime > 60 else {'pid': '?', 'host': '?', 'since': 'now'}
-        except FileNotFoundError: return None
+    except (OSError, ValueError): held = None
+    if not (isinstance(held, dict) and all(isinstance(held.get(k), (str, int)) for k in ('pid', 'host'))):
+        try: return None if time.time() - lock.stat().st_mtime > 60 else {'pid': '?', 'host': '?', 'since': 'now'}   # being written, or bad
+        except OSError: return None
     if held.get('host') == socket.gethostname() and not _pid_alive(held.get('pid')): return None
     return held
 
@@ -110,16 +138,18 @@ def job_state(job) -> tuple:
     "(state, detail) of a job from the files in its run folder."
     out = Path(job.out_dir)
     m, e = out/'metrics.json', out/'error.json'
+    if not m.exists() and (out/_KEPT).exists() and lock_holder(out) is None:   # its rerun was killed (SIGKILL): the result is back
+        with contextlib.suppress(OSError): os.replace(out/_KEPT, m)
     if m.exists():
         try: rec = read_metrics(m)
         except ValueError as ex: return 'corrupt', str(ex)
         if rec.get('status') != 'complete': return 'incomplete', f"{m} has status {rec.get('status')!r}"
-        h = config_hash(rec['config'])
+        try: h = config_hash(rec['config'])
+        except (ValueError, TypeError, KeyError) as ex: return 'corrupt', f"{m} is corrupt (its config: {_one_line(ex)}); its row will be rerun"
         if h != job.config_hash: return 'stale', f"{m} was made with config {h}, the config now hashes to {job.config_hash}"
         return 'done', f"last top-1 {rec['last']['top1']:.2f}%"
     if e.exists():
-        try: info = json.loads(e.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError): info = {}
+        info = _read_json_dict(e) or {}     # an unreadable or hand-edited error.json counts as no record
         if info.get('config_hash') == job.config_hash:
             return 'failed', f"{info.get('error', '?')} (notebook: {info.get('executed_notebook', '?')})"
     held = lock_holder(out)
@@ -131,14 +161,21 @@ def job_state(job) -> tuple:
 # %% ../nbs/05b_runs.ipynb #7b99f67c
 def _atomic_write_text(path, text):
     "Write via a temp file in the same folder + os.replace: readers never see half a file."
+    _atomic_write_bytes(path, text.encode())
+
+def _atomic_write_bytes(path, data):
+    "The bytes `data` at `path`, mode 0644 (mkstemp creates 0600; outputs are for every reader), via temp file + os.replace."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     try:
-        with os.fdopen(fd, 'w') as f: f.write(text)
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, 'wb') as f: f.write(data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:   # a full disk says which file it could not write
+            raise OSError(e.errno, f"could not write {path}: {e.strerror or e}") from None
         raise
 
 def fake_metrics(job, top1=50.0, class_counts=(100, 40, 10, 4), epochs=2, seed_noise=0.0) -> dict:
@@ -187,6 +224,16 @@ def _kernel_env():
         if old is None: os.environ.pop('PYTHONPATH', None)
         else: os.environ['PYTHONPATH'] = old
 
+def _ipc_kernel_manager():
+    "jupyter_client's kernel manager on IPC transport: the kernel and this process talk over local sockets, so ipykernel"
+    "has no reason to warn that it runs over TCP without encryption (and nothing is sent over the network)."
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+    class IPCKernelManager(AsyncKernelManager):
+        @default('transport')
+        def _transport_default(self): return 'ipc'
+    return IPCKernelManager
+
 def notebook_parameters(job) -> dict:
     "The papermill parameters of a job, validated before injection."
     cfg = {k: v for k, v in job.config.items() if k != 'out_dir'}
@@ -215,54 +262,84 @@ def _take_lock(out):
             if held is not None: return held
             lock.unlink(missing_ok=True)
             continue   # stale: its process is gone
-        with os.fdopen(fd, 'w') as f: f.write(json.dumps(me))
+        try:
+            with os.fdopen(fd, 'w') as f: f.write(json.dumps(me))
+        except BaseException:               # a full disk: no 0-byte lock left behind to block the row
+            lock.unlink(missing_ok=True)
+            raise
         return None
     return lock_holder(out) or {'pid': '?', 'host': '?', 'since': 'now'}
 
 # %% ../nbs/05b_runs.ipynb #64b420cc
 def run_job(job, notebook=None, kernel_name='python3') -> dict:
-    "Execute the experiment notebook for one job; return {state: done|failed, ...}; failures go to error.json."
-    import papermill as pm
+    "Execute the experiment notebook for one job; return {state: done|failed, ...}; failures go to error.json (or the result)."
     out, executed = Path(job.out_dir), Path(job.executed)
-    out.mkdir(parents=True, exist_ok=True)
-    executed.parent.mkdir(parents=True, exist_ok=True)
     base = dict(table=job.table, row=job.row, seed=job.seed, executed=str(executed))
-    held = _take_lock(out)   # two `ltpaper reproduce` calls never run one row at once (nor delete each other's files)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        executed.parent.mkdir(parents=True, exist_ok=True)
+        held = _take_lock(out)   # two `ltpaper reproduce` calls never run one row at once (nor delete each other's files)
+    except OSError as ex:        # an unwritable or full folder: this row fails, the batch goes on
+        return dict(base, state='failed', seconds=0.0, unrecorded=True, error=f"cannot claim {out}: {_one_line(ex)} (nothing recorded there)")
     if held is not None:
         return dict(base, state='failed', seconds=0.0,
                     error=f"{out} is being run by another ltpaper process (pid {held.get('pid')} on {held.get('host')} since "
                           f"{held.get('since')}); wait for it, or delete {out/'run.lock'} if that process is gone")
-    try: return _run_locked(job, out, executed, base, pm, notebook, kernel_name)
-    finally: (out/'run.lock').unlink(missing_ok=True)
+    try: return _run_locked(job, out, executed, base, notebook, kernel_name)
+    finally:
+        with contextlib.suppress(OSError): (out/'run.lock').unlink(missing_ok=True)
 
-def _run_locked(job, out, executed, base, pm, notebook, kernel_name) -> dict:
+def _keep_aside(out):
+    "Move a finished (or stale/corrupt) metrics.json out of the way of the rerun; one kept from an earlier kill stays kept."
+    m, kept = out/'metrics.json', out/_KEPT
+    if m.exists() and not kept.exists(): os.replace(m, kept)
+    else: m.unlink(missing_ok=True)
+
+def _settle(out, ok):
+    "After the run: drop the kept result when the new one is in place, else put it back (failure, Ctrl-C, SIGTERM)."
+    kept = out/_KEPT
+    with contextlib.suppress(OSError):
+        if ok: kept.unlink(missing_ok=True)
+        elif kept.exists(): os.replace(kept, out/'metrics.json')
+
+def _prepare(job, out):
+    "Under the lock: clear what this run replaces (all of it with --force) and record which config a checkpoint is for."
     (out/'error.json').unlink(missing_ok=True)
     pend, key = out/'pending.json', resume_key(job.config)
-    try: same = json.loads(pend.read_text()).get('resume_key') == key
-    except (OSError, ValueError): same = False
+    same = not job.force and (_read_json_dict(pend) or {}).get('resume_key') == key
     if not same: (out/'checkpoint.pt').unlink(missing_ok=True)   # never resume another config's (or device's) checkpoint
     _atomic_write_text(pend, json.dumps(dict(config_hash=job.config_hash, resume_key=key)))
-    if (out/'metrics.json').exists():   # stale or corrupt: train writes a fresh one
-        (out/'metrics.json').unlink()
-    t0 = time.time()
+
+def _record_failure(job, out, executed, base, ex, t0) -> dict:
+    "error.json for a failed run; when even that cannot be written, the result says so (the summary reports it)."
+    err = _one_line(ex)
+    info = dict(base, config_hash=job.config_hash, error=err, type=type(ex).__name__, executed_notebook=str(executed),
+                time=datetime.now(timezone.utc).isoformat(timespec='seconds'), traceback=traceback.format_exc()[-4000:])
+    res = dict(base, state='failed', seconds=time.time() - t0, error=err)
+    try: _atomic_write_text(out/'error.json', json.dumps(info, indent=1))
+    except OSError as wex: res.update(unrecorded=True, error=f"{err} (and {out/'error.json'} could not be written: {_one_line(wex)})")
+    return res
+
+def _run_locked(job, out, executed, base, notebook, kernel_name) -> dict:
+    t0, ok = time.time(), False
     try:
+        _keep_aside(out)
+        _prepare(job, out)
         params = notebook_parameters(job)
+        import papermill as pm
         with _kernel_env():
             pm.execute_notebook(str(notebook or experiment_notebook()), str(executed), parameters=params, kernel_name=kernel_name,
-                                cwd=str(out), progress_bar=False, shutdown_kernel='immediate', log_output=False)
+                                cwd=str(out), progress_bar=False, shutdown_kernel='immediate', log_output=False,
+                                kernel_manager_class=_ipc_kernel_manager())
         rec = read_metrics(out/'metrics.json')
         _need(rec.get('status') == 'complete', f"{out/'metrics.json'} has status {rec.get('status')!r} after the run")
         h = config_hash(rec['config'])
         _need(h == job.config_hash, f"{out/'metrics.json'} records config {h}, expected {job.config_hash}")
-        pend.unlink(missing_ok=True)
+        (out/'pending.json').unlink(missing_ok=True)
+        ok = True
         return dict(base, state='done', seconds=time.time() - t0, top1=rec['last']['top1'])
-    except Exception as ex:
-        err = _one_line(ex)
-        info = dict(base, config_hash=job.config_hash, error=err, type=type(ex).__name__, executed_notebook=str(executed),
-                    time=datetime.now(timezone.utc).isoformat(timespec='seconds'),
-                    traceback=traceback.format_exc()[-4000:])
-        _atomic_write_text(out/'error.json', json.dumps(info, indent=1))
-        return dict(base, state='failed', seconds=time.time() - t0, error=err)
+    except Exception as ex: return _record_failure(job, out, executed, base, ex, t0)
+    finally: _settle(out, ok)
 
 # %% ../nbs/05b_runs.ipynb #a3f0c404
 def parse_seeds(s) -> list:

@@ -6,7 +6,7 @@
 __all__ = ['VIEW_KINDS', 'GROUPS', 'DATASET_NAMES', 'project_root', 'list_tables', 'load_table', 'Row', 'expand_table']
 
 # %% ../nbs/05a_tables.ipynb #9c0b8654
-import fnmatch, itertools, json, re
+import fnmatch, itertools, json, re, string
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,14 +40,35 @@ def list_tables(configs_root=None) -> list:
     "Names of the table configs (`configs/<name>.yaml`)."
     return sorted(p.stem for p in _configs_root(configs_root).glob('*.yaml'))
 
-def load_table(name, configs_root=None) -> dict:
+def _duplicate_keys(node, path) -> None:
+    "Refuse a mapping that names a key twice (plain YAML keeps the last one silently: a second `softmax:` would win)."
+    if isinstance(node, yaml.MappingNode):
+        seen = {}
+        for k, _ in node.value:
+            if isinstance(k, yaml.ScalarNode):
+                _need(k.value not in seen, f"{path}: key {k.value!r} appears twice in one mapping "
+                                           f"(lines {seen.get(k.value)} and {k.start_mark.line + 1})")
+                seen[k.value] = k.start_mark.line + 1
+    for child in (node.value if isinstance(node.value, list) else []):
+        for n in (child if isinstance(child, tuple) else (child,)): _duplicate_keys(n, path)
+
+def _read_yaml(path):
+    "A config file's data (`yaml.safe_load`: no tags, no code), its node tree checked for duplicate keys first."
+    try:
+        text = path.read_text()
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None: _duplicate_keys(node, path)
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e: raise ValueError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
+
+def load_table(name, configs_root=None, _chain=()) -> dict:
     "The checked spec of `configs/<name>.yaml`, with its `base` table's defaults and profiles filled in."
     root = _configs_root(configs_root)
     path = root/f'{name}.yaml'
     _need(isinstance(name, str) and re.fullmatch(r'[A-Za-z0-9_\-]+', name) and path.is_file(),
           f"unknown table {name!r}: choose one of {list_tables(root)} (configs in {root})")
-    try: spec = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e: raise ValueError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
+    _need(name not in _chain, f"{path}: `base` tables form a cycle ({' -> '.join(_chain + (name,))})")
+    spec = _read_yaml(path)
     _need(isinstance(spec, dict), f"{path} must hold a mapping of table settings, got {type(spec).__name__}")
     unknown = set(spec) - _TOP_KEYS
     _need(not unknown, f"{path}: unknown key(s) {sorted(unknown)}; known: {sorted(_TOP_KEYS)}")
@@ -55,7 +76,7 @@ def load_table(name, configs_root=None) -> dict:
     spec['table'] = name
     if spec.get('base'):
         _need(spec['base'] != name, f"{path}: a table cannot be its own base")
-        base = load_table(spec['base'], root)
+        base = load_table(spec['base'], root, _chain + (name,))
         for k in ('defaults', 'profiles'): spec.setdefault(k, base.get(k))
     for k in ('methods', 'grid', 'profiles', 'row_name', 'views'):
         _need(spec.get(k), f"{path}: missing or empty `{k}`")
@@ -71,7 +92,8 @@ def load_table(name, configs_root=None) -> dict:
         missing = [m for m in v.get('methods', []) if m not in spec['methods']]
         _need(not missing, f"{path}: view {v['name']!r} lists unknown method(s) {missing}")
     seeds = spec.get('seeds', [0])
-    _need(isinstance(seeds, list) and seeds and all(type(s) is int for s in seeds), f"{path}: seeds must be a list of integers")
+    _need(isinstance(seeds, list) and seeds and all(type(s) is int and 0 <= s < 2**32 for s in seeds),
+          f"{path}: seeds must be a list of integers in [0, 2**32), got {seeds!r}")
     spec['seeds'] = seeds
     return spec
 
@@ -111,6 +133,27 @@ def _profile_rows(rows, globs, table, profile) -> list:
     _need(not unmatched, f"table {table} profile {profile}: rows {unmatched} match no row of the table")
     return [r for r in rows if any(fnmatch.fnmatchcase(r.name, g) for g in globs)]
 
+_ROW_FIELDS = {'dataset', 'method', 'imbalance_factor'}
+_SCHEDULE = ('epochs', 'milestones', 'lr_decay', 'warmup_epochs')   # a profile states its schedule: never TrainConfig's 200-epoch one
+
+def _check_row_name(fmt, table):
+    "`row_name` uses only the fields a row has."
+    try: fields = {f for _, f, _, _ in string.Formatter().parse(fmt) if f is not None}
+    except ValueError as e: raise ValueError(f"table {table}: row_name {fmt!r} is not a format string ({e})") from None
+    bad = sorted(fields - _ROW_FIELDS)
+    _need(not bad, f"table {table}: row_name {fmt!r} uses unknown field(s) {bad}; it may use {sorted(_ROW_FIELDS)}")
+
+def _check_schedule(cfg, where):
+    "The schedule is set by the config (not TrainConfig's defaults) and fits in the epochs."
+    missing = [k for k in _SCHEDULE if k not in cfg]
+    _need(not missing, f"{where}: {missing} not set (by defaults, the profile, by_imbalance_factor or the row); "
+                       "TrainConfig's 200-epoch schedule never applies to a table silently")
+    e, ms, w = cfg['epochs'], cfg['milestones'], cfg['warmup_epochs']
+    if not all(isinstance(x, (int, float)) for x in [e, w, *ms]): return    # types: validate_train_config says it
+    late = [m for m in ms if m > e]
+    _need(not late, f"{where}: milestones {late} lie beyond epochs={e}")
+    _need(w == 0 or w < e, f"{where}: warmup_epochs={w} must be smaller than epochs={e} (or 0)")
+
 def expand_table(table, profile, configs_root=None, check=True) -> list:
     "The rows of `table` with their full TrainConfig dicts under `profile` (defaults <- profile <- row)."
     spec = load_table(table, configs_root)
@@ -121,6 +164,7 @@ def expand_table(table, profile, configs_root=None, check=True) -> list:
     only = prof.get('rows')                       # a profile may run a subset of the rows (e.g. a long training budget)
     for k in _PROFILE_META: prof.pop(k, None)
     base = train_defaults() if check else {}
+    _check_row_name(spec['row_name'], table)
     rows = []
     for block in spec['grid']:
         for dataset, imf, method in itertools.product(_as_list(block['dataset']), _as_list(block['imbalance_factor']),
@@ -128,8 +172,10 @@ def expand_table(table, profile, configs_root=None, check=True) -> list:
             _need(method in spec['methods'], f"table {table}: grid names unknown method {method!r}")
             m = spec['methods'][method]
             row_part = dict(dataset=dataset, imbalance_factor=imf, loss=m['loss'], loss_params=m.get('loss_params') or {})
-            cfg = _merge(base, spec.get('defaults'), prof, by_if.get(imf) or by_if.get(str(imf)), row_part,
-                         {'loss_params': block.get('loss_params') or {}}, block.get('train'))
+            parts = (spec.get('defaults'), prof, by_if.get(imf) or by_if.get(str(imf)), row_part,
+                     {'loss_params': block.get('loss_params') or {}}, block.get('train'))
+            if check: _check_schedule(_merge(*parts), f"table {table} method {method} IF {_fmt_if(imf)} (profile {profile})")
+            cfg = _merge(base, *parts)
             name = spec['row_name'].format(dataset=dataset, method=method, imbalance_factor=_fmt_if(imf)).lower()
             _need(_SLUG.fullmatch(name), f"table {table}: row name {name!r} is not a file-safe slug ([a-z0-9_.-])")
             run_table, run_row = table, name
