@@ -189,7 +189,8 @@ def format_view(summary, view):
     table = {c: {} for c in col_order}
     for i, c, v in recs: table[c][i] = v
     names = ['method', ''] if view['kind'] == 'overall' else ['dataset', 'method', '']
-    df = pd.DataFrame({c: [table[c].get(i, '—') for i in idx_order] for c in col_order},
+    # a column that does not apply to a dataset (its shot split, an image mean) is blank; '—' is a cell not measured
+    df = pd.DataFrame({c: [table[c].get(i, '') for i in idx_order] for c in col_order},
                       index=pd.MultiIndex.from_tuples(idx_order, names=names))
     if view['kind'] == 'overall': df.columns = pd.MultiIndex.from_tuples(col_order, names=['dataset', 'imbalance factor'])
     return df

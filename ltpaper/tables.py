@@ -77,7 +77,9 @@ def load_table(name, configs_root=None, _chain=()) -> dict:
     if spec.get('base'):
         _need(spec['base'] != name, f"{path}: a table cannot be its own base")
         base = load_table(spec['base'], root, _chain + (name,))
-        for k in ('defaults', 'profiles'): spec.setdefault(k, base.get(k))
+        spec.setdefault('defaults', base.get('defaults'))
+        # a profile's `rows` names the base table's rows: an inheriting table runs all of its own
+        spec.setdefault('profiles', {p: {k: v for k, v in (pv or {}).items() if k != 'rows'} for p, pv in base['profiles'].items()})
     for k in ('methods', 'grid', 'profiles', 'row_name', 'views'):
         _need(spec.get(k), f"{path}: missing or empty `{k}`")
     for m, mv in spec['methods'].items():

@@ -2,7 +2,7 @@
 smoke profile end to end through papermill (real Fashion-MNIST; tiny CIFAR-10 / Tiny-ImageNet / ImageNet-LT /
 iNaturalist files written here in their real formats): skipping finished runs, failure isolation, corrupt
 metrics, --gpus workers, the submitit launcher, and every paper notebook rendered into a tmp results root."""
-import json, os, pickle, subprocess, sys, time
+import json, re, os, pickle, subprocess, sys, time
 from pathlib import Path
 
 import nbformat
@@ -162,7 +162,8 @@ def test_table_specific_settings():
     fm = {r.name: r.train for r in expand_table('fmnist_lt', 'cpu')}
     assert all(c['val_per_class'] == 300 and c['model'] == 'small_resnet' for c in fm.values())
     assert {n for n in fm if not n.endswith(('-if500', '-if10', '-if1'))} == {f'{m}-if100' for m in
-            ('softmax', 'class_balanced', 'focal', 'ghm', 'effective_number', 'equalization', 'seesaw', 'ours', 'ours_r', 'ours_a_u', 'ours_r_a_u')}
+            ('softmax', 'class_balanced', 'focal', 'ghm', 'effective_number', 'equalization', 'seesaw', 'ours', 'ours_tuned', 'ours_r',
+             'ours_a_u', 'ours_r_a_u', 'ours_r_dens')}
     assert len({fm[f'softmax-if{f}']['epochs'] for f in (500, 100, 10, 1)}) > 1          # the per-IF epochs of the cpu profile
     assert len(plan_jobs("fmnist_lt", "cpu")) == 126                                      # 42 rows x the config's 3 seeds
     assert len(plan_jobs("fmnist_lt", "long")) == 39 and len(plan_jobs("fmnist_lt", "mid")) == 24   # the budget profiles' rows
@@ -409,7 +410,8 @@ def test_table2_smoke_imagenet_lt(data_root, shared_root):
     for ext in ('md', 'tex', 'csv'): assert (shared_root/'tables'/f'table2.{ext}').is_file()
     for stem in ('per_class', 'groups', 'curves', 'margins'): assert (shared_root/'figures'/f'table2_{stem}.png').is_file()
     md = (shared_root/'tables'/'table2.md').read_text()
-    assert '| ImageNet-LT (IF 100) | Softmax | reproduced |' in md and '|  |  | paper | 63.91 | 48.07 | 22.15 | 12.55 | 36.67 |' in md
+    assert '| ImageNet-LT (IF 100) | Softmax | reproduced |' in md
+    assert re.search(r'\|  \|  \| paper \| 63\.91 \| 48\.07 \| 22\.15 \| 12\.55 \|[^\n]*\| 36\.67 \|', md), md   # shot split between
 
 
 @pytest.mark.slow
@@ -428,7 +430,8 @@ def test_table3_reuses_table2_runs(data_root, shared_root):
     md = (shared_root/'tables'/'table3.md').read_text()
     lines = [l for l in md.splitlines() if l.startswith('|')]
     at = {l.split('|')[2].strip(): i for i, l in enumerate(lines) if l.split('|')[3].strip() == 'reproduced'}
-    assert '—' not in lines[at['A+U']] and '—' not in lines[at['Softmax']]
+    quartiles = lambda line: [c.strip() for c in line.split('|')[4:8]]             # Many, Medium, Few, Rare
+    assert '—' not in quartiles(lines[at['A+U']]) and '—' not in quartiles(lines[at['Softmax']])
     assert lines[at['R, static counts']].endswith('| — | — | — | — | — |') and '| 38.02 |' in lines[at['R, static counts'] + 1]   # missing stays missing
 
 
