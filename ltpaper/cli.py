@@ -273,6 +273,9 @@ def _check_launch(ns, gpus) -> str:
             import submitit  # noqa: F401
         except ImportError:
             raise ValueError("--launcher slurm needs submitit: pip install submitit") from None
+        import shutil   # submitit submits with sbatch (its jobs start with srun): refuse before any work when Slurm is absent
+        if (os.environ.get('LTPAPER_SUBMITIT_CLUSTER') or 'slurm') == 'slurm' and not shutil.which('sbatch'):
+            raise ValueError("--launcher slurm: no `sbatch` on PATH (Slurm is not installed here); run without --launcher slurm")
     return device
 
 def _dry_run(jobs, gpus, force) -> int:

@@ -97,3 +97,14 @@ def test_reproduce_ends_with_what_it_wrote_and_the_next_command(tmp_path, monkey
     assert f"tables: {root/'tables'/'fmnist_lt.csv'}, {root/'tables'/'fmnist_lt.md'}" in out, out
     assert f"figures: {root/'figures'/'fmnist_lt_per_class.png'}" in out and 'unrelated.md' not in out
     assert f"next: cat {root/'tables'/'fmnist_lt.md'}" in out
+
+
+def test_slurm_launcher_without_slurm_is_refused_up_front(tmp_path, monkeypatch):
+    "--launcher slurm on a machine without sbatch: one line, exit 2, before any work (the local submitit test sets the cluster)."
+    from ltpaper.cli import cli_reproduce
+    monkeypatch.delenv('LTPAPER_SUBMITIT_CLUSTER', raising=False)
+    monkeypatch.setenv('PATH', str(tmp_path))                             # no sbatch anywhere
+    code, out, err = cli(cli_reproduce, ['fmnist_lt', '--profile', 'smoke', '--rows', 'softmax-if100', '--seeds', '0',
+                                         '--launcher', 'slurm', '--no-render', '--results-root', str(tmp_path/'r')])
+    assert code == 2 and "no `sbatch` on PATH" in err and err.count('\n') == 1, err
+    assert not (tmp_path/'r').exists()
