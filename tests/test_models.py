@@ -86,6 +86,6 @@ def test_small_resnet_learns_a_batch():
 
 
 def test_registry_errors():
-    assert set(MODELS) == {'resnet32', 'resnet50', 'small_resnet'}
+    assert set(MODELS) == {'resnet32', 'resnet50', 'small_resnet', 'small_resnet_wide'}
     with pytest.raises(ValueError, match="unknown model 'vgg'"): build_model('vgg', 10)
     with pytest.raises(ValueError, match='must be >= 1'): build_model('resnet32', 0)

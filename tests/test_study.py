@@ -10,8 +10,9 @@ def test_study_smoke_end_to_end(tmp_path):
                         '--rows', 'raau-*,r-*,temper05-*', '--seeds', '0', '--results-root', str(tmp_path)],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
-    # R is the fmnist_lt table's run (same_as); the A-variants live under the study
-    assert (tmp_path / 'runs' / 'fmnist_lt' / 'ours_r-if100' / 'seed0' / 'metrics.json').is_file()
+    # the study's references are its own runs (one long-tailed subset per seed), like its A-variants
+    assert (tmp_path / 'runs' / 'study' / 'r-if100' / 'seed0' / 'metrics.json').is_file()
+    assert not (tmp_path / 'runs' / 'fmnist_lt').exists()
     assert (tmp_path / 'runs' / 'study' / 'temper05-if100' / 'seed0' / 'metrics.json').is_file()
     md = (tmp_path / 'tables' / 'study.md').read_text()
     assert 'R+A+AU, w^0.5' in md and 'VALIDATION' in md and 'R (margins only)' in md
