@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .figures import save_figure
 from .report import open_results, to_markdown
-from .runs import _atomic_write_text
+from .runs import _atomic_write_text, output_roots
 from .tables import DATASET_NAMES, expand_table, load_table
 
 # %% ../nbs/05g_budget.ipynb #896ce042
@@ -111,7 +111,8 @@ def write_budget(table='fmnist_lt', profiles=BUDGET_PROFILES, results_roots=None
     st = get_settings()
     stem = stem or f'{table}_budget'
     s = budget_summary(table, profiles, results_roots, methods, imbalance_factors)
-    troot = Path(tables_root or st.tables_root)
+    roots = output_roots(st.default_profile, None, tables_root, figures_root)   # the default profile's folders
+    troot = roots['tables']
     troot.mkdir(parents=True, exist_ok=True)
     notes = ["mean ± std over seeds (n=1: one seed); — = not measured (never filled in).",
              "Budgets: each profile of configs/fmnist_lt.yaml; `paper` ran on a GPU.",
@@ -124,6 +125,6 @@ def write_budget(table='fmnist_lt', profiles=BUDGET_PROFILES, results_roots=None
     _atomic_write_text(paths[0], md)
     _atomic_write_text(paths[1], s.to_csv(index=False, float_format='%.4f'))
     fig = plot_budget(s, f"{table}: test accuracy by training budget (200 epochs: ResNet-32 on a GPU; the rest small_resnet)")
-    paths += save_figure(fig, figures_root or st.figures_root, stem)
+    paths += save_figure(fig, roots['figures'], stem)
     plt.close(fig)
     return dict(summary=s, paths=paths)

@@ -221,8 +221,9 @@ def _common_args(p):
     p.add_argument('--profile', help=f"one of {list(PROFILES)} (default: settings.ini's default_profile)")
     p.add_argument('--rows', help="comma-separated globs over row names, e.g. 'ours-*,softmax-if100'")
     p.add_argument('--seeds', help="comma-separated integers (default: the config's seeds)")
-    p.add_argument('--results-root', help="folder for runs/, executed/, tables/, figures/ "
-                                          "(default: settings.ini's roots; results/smoke for --profile smoke)")
+    p.add_argument('--results-root', help="results root, as LTPAPER_RESULTS_ROOT: runs/, executed/ (and tables/, figures/ unless "
+                                          "their roots are named) of the default profile, DIR/<profile>/ of any other "
+                                          "(default: settings.ini's results_root)")
 
 def reproduce_parser() -> argparse.ArgumentParser:
     p = _Parser(prog='ltpaper reproduce',

@@ -18,9 +18,11 @@ from .tables import load_table
 def render(table, profile, results_root=None, seeds=None, tables_root=None, figures_root=None) -> Path:
     "Execute nbs/paper/<table>.ipynb for these results; return the executed notebook's path."
     import papermill as pm
-    roots = output_roots(profile, results_root)
-    params = dict(results_root=str(roots['results']), profile=profile, tables_root=str(tables_root or roots['tables']),
-                  figures_root=str(figures_root or roots['figures']), seeds=','.join(map(str, seeds)) if seeds else '')
+    given = dict(results_root=results_root, tables_root=tables_root, figures_root=figures_root)
+    roots = output_roots(profile, **given)
+    s = get_settings()
+    named = {k: str(Path(v or getattr(s, k)).resolve()) if v or getattr(s, k) else '' for k, v in given.items()}
+    params = dict(named, profile=profile, seeds=','.join(map(str, seeds)) if seeds else '')   # roots: the notebook applies the rule
     out = roots['results']/'executed'/'paper'/f'{table}.ipynb'
     out.parent.mkdir(parents=True, exist_ok=True)
     with _kernel_env():

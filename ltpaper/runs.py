@@ -31,14 +31,17 @@ class Job:
     label: str = ''
     force: bool = False    # rerun even when done: the old metrics.json is kept aside until the new run succeeded
 
-def output_roots(profile, results_root=None) -> dict:
-    "Where runs, tables and figures go (the rule is spelt out below)."
+def output_roots(profile, results_root=None, tables_root=None, figures_root=None) -> dict:
+    "Where `profile`'s runs, tables and figures go; a root given here means what the same root means in settings (above)."
     s = get_settings()
-    if results_root: r = Path(results_root).resolve()
-    elif profile == 'smoke' or profile != s.default_profile: r = s.results_root/profile   # two profiles never share a run folder
-    else: return dict(results=s.results_root, tables=s.tables_root, figures=s.figures_root)
-    named = {k: getattr(s, f'{k}_root') for k in ('tables', 'figures') if f'LTPAPER_{k.upper()}_ROOT' in os.environ}
-    return dict(results=r, tables=named.get('tables', r/'tables'), figures=named.get('figures', r/'figures'))
+    own = profile == 'smoke' or profile != s.default_profile       # two profiles never share a folder
+    def under(root): return Path(root).resolve()/profile if own else Path(root).resolve()
+    results = under(results_root or s.results_root)
+    def place(kind, named):
+        named = named or getattr(s, f'{kind}_root')
+        if named: return under(named)
+        return s.home/kind if results == s.home/'results' else results/kind   # the repository's top-level tables/, figures/
+    return dict(results=results, tables=place('tables', tables_root), figures=place('figures', figures_root))
 
 def run_dir(results_root, table, row, seed) -> Path: return Path(results_root)/'runs'/table/row/f'seed{seed}'
 def executed_path(results_root, table, row, seed) -> Path: return Path(results_root)/'executed'/table/row/f'seed{seed}.ipynb'

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # %% ../nbs/00a_settings.ipynb #362cc90f
-_DEFAULTS = dict(data_root='data', results_root='results', figures_root='figures', tables_root='tables',
+_DEFAULTS = dict(data_root='data', results_root='results', figures_root='', tables_root='',   # '': not named (nbs/05b_runs)
                  configs_root='configs', default_profile='cpu', default_device='auto')
 PROFILES = ('smoke', 'cpu', 'mid', 'long', 'paper')   # training budgets: seconds (CI), 10 epochs, more, fits, the paper's
 
@@ -20,12 +20,13 @@ class Settings:
     "Resolved artifact settings; paths are absolute."
     data_root: Path
     results_root: Path
-    figures_root: Path
-    tables_root: Path
+    figures_root: Path|None   # None: not named; where a profile's figures go then is `output_roots`' rule (nbs/05b_runs)
+    tables_root: Path|None    # likewise
     configs_root: Path
     default_profile: str
     default_device: str
     source: Path|None  # the settings.ini these came from (None: built-in defaults)
+    home: Path|None = None    # the folder relative paths are read from: settings.ini's, else the working folder
 
 # %% ../nbs/00a_settings.ipynb #78d7cfea
 def find_settings_file(start=None) -> Path|None:
@@ -79,7 +80,8 @@ def get_settings(path=None) -> Settings:
     _check_values(vals, path)
     base = path.parent if path is not None else Path.cwd()
     res = {k: (base/vals[k]).resolve() if k.endswith('_root') else vals[k] for k in _DEFAULTS}
-    return Settings(**res, source=path)
+    res.update({k: None for k in ('tables_root', 'figures_root') if not vals[k].strip()})
+    return Settings(**res, source=path, home=base.resolve())
 
 # %% ../nbs/00a_settings.ipynb #ee71e7a5
 def resolve_device(device=None) -> str:
