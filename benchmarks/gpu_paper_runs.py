@@ -101,17 +101,17 @@ def run(ns):
 def install(src):
     "Copy fetched metrics files into results/paper/runs/fmnist_lt/<row>/seed<s>/metrics.json, checking their hashes."
     from ltpaper.config import config_hash
-    from ltpaper.runs import output_roots, run_dir
-    root = output_roots('paper')['results']
+    from ltpaper.runs import output_roots
+    root = output_roots('paper')['results']      # results/paper/ (the results root's paper/ folder)
     n = 0
     for f in sorted(Path(src).glob('fmnist_lt-*-seed*.metrics.json')):
         rec = json.loads(f.read_text())
         row, seed = f.name[len('fmnist_lt-'):].rsplit('-seed', 1); seed = int(seed.split('.')[0])
-        try: want = [j for j in plan(row, seed, root, None, '.') if j.row == row][0]
+        try: want = [j for j in plan(row, seed, None, None, '.') if j.row == row][0]
         except (ValueError, IndexError): print(f"skip {f.name}: {row!r} is not a row of fmnist_lt"); continue
         if config_hash(rec['config']) != want.config_hash or rec['status'] != 'complete':
             print(f"skip {f.name}: config {config_hash(rec['config'])} is not the paper profile's {want.config_hash} (a trial?)"); continue
-        dst = run_dir(root, 'fmnist_lt', row, seed); dst.mkdir(parents=True, exist_ok=True)
+        dst = Path(want.out_dir); dst.mkdir(parents=True, exist_ok=True)
         shutil.copy(f, dst/'metrics.json'); n += 1
         print(f"installed {dst/'metrics.json'} ({rec['provenance']['device']}, last top-1 {rec['last']['top1']:.2f})")
     print(f"{n} run(s) installed under {root}")

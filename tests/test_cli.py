@@ -12,7 +12,7 @@ from ltpaper.config import TrainConfig, config_hash
 from ltpaper.data import DATASETS
 from ltpaper.losses import LOSSES
 from ltpaper.models import MODELS
-from ltpaper.runs import fake_metrics, plan_jobs
+from ltpaper.runs import fake_metrics, output_roots, plan_jobs
 
 from helpers import FMNIST, cli
 
@@ -79,13 +79,15 @@ def test_reproduce_ends_with_what_it_wrote_and_the_next_command(tmp_path, monkey
     import ltpaper.reproduce as rp
     for j in plan_jobs('fmnist_lt', 'smoke', rows='softmax-if100', seeds=[0], results_root=tmp_path):
         fake_metrics(j)
-    (tmp_path/'tables').mkdir()
-    (tmp_path/'tables'/'unrelated.md').write_text('not rewritten')
+    roots = output_roots('smoke', tmp_path)                                  # tmp_path/smoke/: the profile's folder
+    roots['tables'].mkdir(parents=True)
+    (roots['tables']/'unrelated.md').write_text('not rewritten')
     def fake_render(table, profile, results_root=None, seeds=None, **kw):   # stands in for the paper notebook (11 s)
-        for sub, name in (('tables', f'{table}.md'), ('tables', f'{table}.csv'), ('figures', f'{table}_per_class.png')):
-            (Path(results_root)/sub).mkdir(exist_ok=True)
-            (Path(results_root)/sub/name).write_text('x')
-        out = Path(results_root)/'executed'/'paper'/f'{table}.ipynb'
+        r = output_roots(profile, results_root)
+        for kind, name in (('tables', f'{table}.md'), ('tables', f'{table}.csv'), ('figures', f'{table}_per_class.png')):
+            r[kind].mkdir(parents=True, exist_ok=True)
+            (r[kind]/name).write_text('x')
+        out = r['results']/'executed'/'paper'/f'{table}.ipynb'
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text('{}')
         return out
@@ -93,10 +95,10 @@ def test_reproduce_ends_with_what_it_wrote_and_the_next_command(tmp_path, monkey
     code, out, err = cli(cli_reproduce, ['fmnist_lt', '--profile', 'smoke', '--rows', 'softmax-if100', '--seeds', '0',
                                          '--results-root', str(tmp_path)])
     assert code == 0, err
-    root = tmp_path.resolve()
-    assert f"tables: {root/'tables'/'fmnist_lt.csv'}, {root/'tables'/'fmnist_lt.md'}" in out, out
-    assert f"figures: {root/'figures'/'fmnist_lt_per_class.png'}" in out and 'unrelated.md' not in out
-    assert f"next: cat {root/'tables'/'fmnist_lt.md'}" in out
+    t, f = roots['tables'], roots['figures']
+    assert f"tables: {t/'fmnist_lt.csv'}, {t/'fmnist_lt.md'}" in out, out
+    assert f"figures: {f/'fmnist_lt_per_class.png'}" in out and 'unrelated.md' not in out
+    assert f"next: cat {t/'fmnist_lt.md'}" in out
 
 
 def test_slurm_launcher_without_slurm_is_refused_up_front(tmp_path, monkeypatch):

@@ -160,7 +160,7 @@ def killed_table(tmp_path_factory):
     e = dict(env(), LTPAPER_CONFIGS_ROOT=str(base/'configs'))
     p = subprocess.Popen([sys.executable, '-m', 'ltpaper.cli', 'reproduce', 'faults', '--profile', 'smoke', '--seeds', '0', '--no-render',
                           '--results-root', str(rr)], env=e, cwd=base, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    ck = rr/'runs'/'faults'/'seesaw-if100'/'seed0'/'checkpoint.pt'
+    ck = rr/'smoke'/'runs'/'faults'/'seesaw-if100'/'seed0'/'checkpoint.pt'
     try:
         deadline = time.time() + 240
         while not ck.exists():
@@ -187,7 +187,7 @@ def _args(rr, *extra):
 @pytest.mark.slow
 def test_reproduce_sigkill_mid_table_then_rerun(killed_table):
     rr, kernels = killed_table
-    runs = rr/'runs'/'faults'
+    runs = rr/'smoke'/'runs'/'faults'
     assert kernels, 'the kernel of the interrupted row was not found'
     soft, see = runs/'softmax-if100'/'seed0', runs/'seesaw-if100'/'seed0'
     assert json.loads((soft/'metrics.json').read_text())['status'] == 'complete'
@@ -223,7 +223,7 @@ def test_reproduce_sigkill_mid_table_then_rerun(killed_table):
 @pytest.mark.slow
 def test_truncated_metrics_reported_corrupt_and_rerun(killed_table):
     rr, _ = killed_table
-    m = rr/'runs'/'faults'/'softmax-if100'/'seed0'/'metrics.json'
+    m = rr/'smoke'/'runs'/'faults'/'softmax-if100'/'seed0'/'metrics.json'
     if not m.exists(): pytest.skip('needs the finished softmax row')
     m.write_text(m.read_text()[:200])                                  # a half-written metrics.json, by hand
     code, out, _ = cli(cli_status, _args(rr, '--rows', 'softmax-if100'))

@@ -64,7 +64,7 @@ def test_unwritable_run_folders_fail_counted_and_exit_nonzero(tmp_path, jobs):
     code, out, err = cli(cli_reproduce, _args(tmp_path, '--jobs', jobs))
     assert code == 1 and '0 run(s) finished, 0 skipped (done), 2 failed' in out, out + err
     for row in ROWS.split(','):
-        assert f'FAILED fmnist_lt/{row} seed0:' in err and str(tmp_path/'runs'/'fmnist_lt'/row) in err, err
+        assert f'FAILED fmnist_lt/{row} seed0:' in err and str(tmp_path/'smoke'/'runs'/'fmnist_lt'/row) in err, err
 
 
 def test_failure_that_cannot_be_recorded_is_still_reported(tmp_path, monkeypatch):
@@ -306,22 +306,53 @@ def test_seed_beyond_2_32_fails_before_data_and_leaves_no_out_dir(tmp_path):
 
 
 # ---------------------------------------------------------------- CLI points of the readers' issue
-def test_tables_and_figures_roots_honoured_for_every_profile(monkeypatch, tmp_path):
+def test_one_meaning_for_every_root(monkeypatch, tmp_path):
+    "A root named by flag, variable or settings.ini is the default profile's folder; any other profile uses <root>/<profile>/."
+    for k in ('LTPAPER_RESULTS_ROOT', 'LTPAPER_TABLES_ROOT', 'LTPAPER_FIGURES_ROOT'): monkeypatch.delenv(k, raising=False)
+    by_flag = {p: output_roots(p, tmp_path/'R') for p in ('smoke', 'paper', 'cpu')}
+    monkeypatch.setenv('LTPAPER_RESULTS_ROOT', str(tmp_path/'R'))
+    assert {p: output_roots(p) for p in by_flag} == by_flag
+    assert by_flag['paper'] == dict(results=tmp_path/'R'/'paper', tables=tmp_path/'R'/'paper'/'tables', figures=tmp_path/'R'/'paper'/'figures')
+    assert by_flag['cpu'] == dict(results=tmp_path/'R', tables=tmp_path/'R'/'tables', figures=tmp_path/'R'/'figures')
+    (tmp_path/'settings.ini').write_text(f"[ltpaper]\nresults_root = {tmp_path/'R'}\n")       # settings.ini: the same folders
+    monkeypatch.delenv('LTPAPER_RESULTS_ROOT')
+    monkeypatch.setenv('LTPAPER_SETTINGS', str(tmp_path/'settings.ini'))
+    assert {p: output_roots(p) for p in by_flag} == by_flag
+    monkeypatch.setenv('LTPAPER_TABLES_ROOT', str(tmp_path/'T'))                              # tables and figures roots: the same rule
+    monkeypatch.setenv('LTPAPER_FIGURES_ROOT', str(tmp_path/'F'))
+    for p, sub in (('smoke', 'smoke'), ('paper', 'paper'), ('cpu', '')):
+        assert (output_roots(p)['tables'], output_roots(p)['figures']) == (tmp_path/'T'/sub, tmp_path/'F'/sub), p
+
+
+def test_committed_layout_under_settings_ini(monkeypatch):
+    "settings.ini alone: cpu in results/ with the top-level tables/ and figures/, every other profile in results/<profile>/."
+    from ltpaper.tables import project_root
+    for k in ('LTPAPER_RESULTS_ROOT', 'LTPAPER_TABLES_ROOT', 'LTPAPER_FIGURES_ROOT', 'LTPAPER_SETTINGS', 'LTPAPER_PROFILE'):
+        monkeypatch.delenv(k, raising=False)
+    root = project_root()
+    assert output_roots('cpu') == dict(results=root/'results', tables=root/'tables', figures=root/'figures')
+    for p in ('paper', 'mid', 'long', 'smoke'):
+        assert output_roots(p) == {k: root/'results'/p/v for k, v in (('results', ''), ('tables', 'tables'), ('figures', 'figures'))}
+
+
+@pytest.mark.slow
+def test_reproduce_with_flag_then_status_by_flag_and_by_variable(monkeypatch, tmp_path):
+    "One smoke row reproduced into --results-root X (tables and figures roots named by variables): status finds it done"
+    "with the flag and with LTPAPER_RESULTS_ROOT=X; the rendered tables and figures are in <root>/smoke/."
+    for k in ('LTPAPER_RESULTS_ROOT', 'LTPAPER_SETTINGS', 'LTPAPER_PROFILE'): monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv('LTPAPER_TABLES_ROOT', str(tmp_path/'T'))
     monkeypatch.setenv('LTPAPER_FIGURES_ROOT', str(tmp_path/'F'))
-    for profile in ('smoke', 'paper', 'cpu'):
-        r = output_roots(profile)
-        assert (r['tables'], r['figures']) == (tmp_path/'T', tmp_path/'F'), profile
-    r = output_roots('smoke', tmp_path/'R')
-    assert (r['results'], r['tables']) == (tmp_path/'R', tmp_path/'T')
-
-
-def test_env_results_root_and_flag_name_the_same_runs(monkeypatch, tmp_path):
-    "The documented rule: LTPAPER_RESULTS_ROOT=X is the root of <profile>/, --results-root X/<profile> that profile's folder."
-    monkeypatch.setenv('LTPAPER_RESULTS_ROOT', str(tmp_path))
-    a = plan_jobs('fmnist_lt', 'smoke', rows='softmax-if100', seeds=[0])[0]
-    b = plan_jobs('fmnist_lt', 'smoke', rows='softmax-if100', seeds=[0], results_root=tmp_path/'smoke')[0]
-    assert a.out_dir == b.out_dir
+    args = ['fmnist_lt', '--profile', 'smoke', '--rows', 'softmax-if100', '--seeds', '0']
+    code, out, err = cli(cli_reproduce, args + ['--results-root', str(tmp_path/'X')])
+    assert code == 0, out + err
+    assert (tmp_path/'X'/'smoke'/'runs'/'fmnist_lt'/'softmax-if100'/'seed0'/'metrics.json').is_file()
+    assert (tmp_path/'T'/'smoke'/'fmnist_lt.md').is_file() and (tmp_path/'F'/'smoke'/'fmnist_lt_per_class.png').is_file()
+    assert not (tmp_path/'X'/'smoke'/'tables').exists()
+    code, out, _ = cli(cli_status, args + ['--results-root', str(tmp_path/'X')])
+    assert code == 0 and '1 done' in out and 'missing' not in out, out
+    monkeypatch.setenv('LTPAPER_RESULTS_ROOT', str(tmp_path/'X'))
+    code, out2, _ = cli(cli_status, args)
+    assert code == 0 and out2 == out, out2
 
 
 def test_no_unencrypted_tcp_kernel_warning(tmp_path, capfd):

@@ -262,16 +262,17 @@ def test_skip_force_stale_and_corrupt_without_training(tmp_path, monkeypatch):
     assert code == 0 and ran == [] and '4 already done, 0 to run' in out
     assert cli(cli_reproduce, args + ['--force'])[0] == 0 and len(ran) == 4
     ran.clear()
-    m = tmp_path/'runs'/'fmnist_lt'/'ours-if100'/'seed1'/'metrics.json'
+    m = tmp_path/'smoke'/'runs'/'fmnist_lt'/'ours-if100'/'seed1'/'metrics.json'
     m.write_text(m.read_text()[:100])                                   # truncated
     code, out, _ = cli(cli_status, args[:7] + ['--results-root', str(tmp_path)])
     assert f'corrupt     fmnist_lt/ours-if100' in out and str(m) in out and '3 done' in out, out
     code, out, _ = cli(cli_reproduce, args)
     assert ran == ['ours-if100'] and f'{m} is corrupt' in out and 'rerunning' in out
     ran.clear()
-    cpu_job = plan_jobs('fmnist_lt', 'cpu', rows='softmax-if100', seeds=[0], results_root=tmp_path)[0]
+    cpu_job = plan_jobs('fmnist_lt', 'cpu', rows='softmax-if100', seeds=[0], results_root=tmp_path/'smoke')[0]   # cpu: the root itself
     assert job_state(cpu_job)[0] == 'stale'                             # same folder, made by the smoke profile
-    code, out, _ = cli(cli_reproduce, ['fmnist_lt', '--rows', 'softmax-if100', '--seeds', '0', '--no-render', '--profile', 'cpu', '--results-root', str(tmp_path)])
+    code, out, _ = cli(cli_reproduce, ['fmnist_lt', '--rows', 'softmax-if100', '--seeds', '0', '--no-render', '--profile', 'cpu',
+                                       '--results-root', str(tmp_path/'smoke')])
     assert ran == ['softmax-if100'] and 'was made with config' in out
 
 
@@ -357,18 +358,18 @@ def test_fmnist_smoke_end_to_end_and_rerun(tmp_path, data_root):
     code, out, err = cli(cli_reproduce, args)
     assert code == 0, out + err
     for row in ('softmax-if100', 'ours-if100'):
-        m = json.loads((tmp_path/'runs'/'fmnist_lt'/row/'seed0'/'metrics.json').read_text())
+        m = json.loads((tmp_path/'smoke'/'runs'/'fmnist_lt'/row/'seed0'/'metrics.json').read_text())
         assert m['status'] == 'complete' and m['config']['dataset'] == 'fmnist_lt' and len(m['last']['per_class']) == 10
-        assert not (tmp_path/'runs'/'fmnist_lt'/row/'seed0'/'checkpoint.pt').exists()       # keep_checkpoint: false
-        nb = nbformat.read(tmp_path/'executed'/'fmnist_lt'/row/'seed0.ipynb', as_version=4)
+        assert not (tmp_path/'smoke'/'runs'/'fmnist_lt'/row/'seed0'/'checkpoint.pt').exists()       # keep_checkpoint: false
+        nb = nbformat.read(tmp_path/'smoke'/'executed'/'fmnist_lt'/row/'seed0.ipynb', as_version=4)
         assert any(o.get('data', {}).get('image/png') for c in nb.cells for o in c.get('outputs', []))   # curves shown inline
     for stem in ('fmnist_lt', 'fmnist_lt_best', 'fmnist_lt_ablation', 'fmnist_lt_ablation_best'):
-        for ext in ('md', 'tex', 'csv'): assert (tmp_path/'tables'/f'{stem}.{ext}').stat().st_size > 100
+        for ext in ('md', 'tex', 'csv'): assert (tmp_path/'smoke'/'tables'/f'{stem}.{ext}').stat().st_size > 100
     for stem in ('per_class', 'groups', 'curves', 'margins'):
-        for ext in ('png', 'pdf'): assert (tmp_path/'figures'/f'fmnist_lt_{stem}.{ext}').stat().st_size > 1000
-    md = (tmp_path/'tables'/'fmnist_lt.md').read_text()
+        for ext in ('png', 'pdf'): assert (tmp_path/'smoke'/'figures'/f'fmnist_lt_{stem}.{ext}').stat().st_size > 1000
+    md = (tmp_path/'smoke'/'tables'/'fmnist_lt.md').read_text()
     assert 'orientation only' in md and 'Δ' not in md.split('\n\n')[1]
-    assert (tmp_path/'executed'/'paper'/'fmnist_lt.ipynb').is_file()
+    assert (tmp_path/'smoke'/'executed'/'paper'/'fmnist_lt.ipynb').is_file()
     # rerun: nothing left to do
     code, out, _ = cli(cli_reproduce, args + ['--no-render'])
     assert code == 0 and '2 already done, 0 to run' in out
@@ -382,18 +383,18 @@ def test_table1_failing_row_does_not_stop_the_others(tmp_path, data_root):
     args = ['table1', '--profile', 'smoke', '--rows', 'cifar10_lt-softmax-if10,tinyimagenet_lt-ours-if10', '--seeds', '0', '--results-root', str(tmp_path)]
     code, out, err = cli(cli_reproduce, args + ['--no-render'])
     assert code == 1 and 'FAILED table1/cifar10_lt-softmax-if10 seed0' in err and '0 skipped (done), 1 failed' in out, out + err
-    e = json.loads((tmp_path/'runs'/'table1'/'cifar10_lt-softmax-if10'/'seed0'/'error.json').read_text())
+    e = json.loads((tmp_path/'smoke'/'runs'/'table1'/'cifar10_lt-softmax-if10'/'seed0'/'error.json').read_text())
     assert e['error'].startswith('FileNotFoundError') and 'cifar10_lt' in e['error'] and Path(e['executed_notebook']).is_file()
-    m = json.loads((tmp_path/'runs'/'table1'/'tinyimagenet_lt-ours-if10'/'seed0'/'metrics.json').read_text())
+    m = json.loads((tmp_path/'smoke'/'runs'/'table1'/'tinyimagenet_lt-ours-if10'/'seed0'/'metrics.json').read_text())
     assert m['status'] == 'complete' and m['config']['loss_params']['bins'] == 30 and m['class_counts'] == [10, 4, 2, 1]
     code, out, _ = cli(cli_status, args[:-2] + ['--results-root', str(tmp_path)])
     assert 'failed      table1/cifar10_lt-softmax-if10' in out and 'done        table1/tinyimagenet_lt-ours-if10' in out
     write_cifar10(data_root)
     code, out, err = cli(cli_reproduce, args)                          # now with rendering
     assert code == 0 and '1 already done, 1 to run' in out, out + err
-    assert not (tmp_path/'runs'/'table1'/'cifar10_lt-softmax-if10'/'seed0'/'error.json').exists()
-    t = (tmp_path/'tables'/'table1.csv').read_text()
-    assert len(t.splitlines()) == 109 and (tmp_path/'figures'/'table1_per_class.pdf').is_file()
+    assert not (tmp_path/'smoke'/'runs'/'table1'/'cifar10_lt-softmax-if10'/'seed0'/'error.json').exists()
+    t = (tmp_path/'smoke'/'tables'/'table1.csv').read_text()
+    assert len(t.splitlines()) == 109 and (tmp_path/'smoke'/'figures'/'table1_per_class.pdf').is_file()
     s = summarize(open_results('table1', 'smoke', results_root=tmp_path)).set_index('row')
     assert s.loc['cifar10_lt-softmax-if10', 'paper'] == 86.69 and s.loc['tinyimagenet_lt-ours-if10', 'n'] == 1
 
@@ -403,31 +404,31 @@ def test_table2_smoke_imagenet_lt(data_root, shared_root):
     args = ['table2', '--profile', 'smoke', '--rows', 'imagenet_lt_if100-softmax', '--results-root', str(shared_root)]
     code, out, err = cli(cli_reproduce, args)
     assert code == 0, out + err
-    m = json.loads((shared_root/'runs'/'table2'/'imagenet_lt_if100-softmax'/'seed0'/'metrics.json').read_text())
+    m = json.loads((shared_root/'smoke'/'runs'/'table2'/'imagenet_lt_if100-softmax'/'seed0'/'metrics.json').read_text())
     # the exponential IF-100 subset of the train folder (n_max = its mean, 101), cut to the smoke profile's 48 images
     assert m['config']['dataset'] == 'imagenet_lt_if100' and m['class_counts'][0] / max(m['class_counts'][-1], 1) > 10
     assert set(m['last']['groups']['quartile']) == {'Many', 'Medium', 'Few', 'Rare'}
-    for ext in ('md', 'tex', 'csv'): assert (shared_root/'tables'/f'table2.{ext}').is_file()
-    for stem in ('per_class', 'groups', 'curves', 'margins'): assert (shared_root/'figures'/f'table2_{stem}.png').is_file()
-    md = (shared_root/'tables'/'table2.md').read_text()
+    for ext in ('md', 'tex', 'csv'): assert (shared_root/'smoke'/'tables'/f'table2.{ext}').is_file()
+    for stem in ('per_class', 'groups', 'curves', 'margins'): assert (shared_root/'smoke'/'figures'/f'table2_{stem}.png').is_file()
+    md = (shared_root/'smoke'/'tables'/'table2.md').read_text()
     assert '| ImageNet-LT (IF 100) | Softmax | reproduced |' in md
     assert re.search(r'\|  \|  \| paper \| 63\.91 \| 48\.07 \| 22\.15 \| 12\.55 \|[^\n]*\| 36\.67 \|', md), md   # shot split between
 
 
 @pytest.mark.slow
 def test_table3_reuses_table2_runs(data_root, shared_root):
-    "Softmax (same_as table2) is read from, or run into, results/runs/table2; A+U runs under table3."
+    "Softmax (same_as table2) is read from, or run into, <root>/smoke/runs/table2; A+U runs under table3."
     args = ['table3', '--profile', 'smoke', '--rows', 'imagenet_lt_if100-softmax,imagenet_lt_if100-ours_a_u', '--results-root', str(shared_root)]
-    had = (shared_root/'runs'/'table2'/'imagenet_lt_if100-softmax'/'seed0'/'metrics.json').exists()
+    had = (shared_root/'smoke'/'runs'/'table2'/'imagenet_lt_if100-softmax'/'seed0'/'metrics.json').exists()
     code, out, err = cli(cli_reproduce, args)
     assert code == 0 and (f"{int(had)} already done" in out), out + err
-    assert (shared_root/'runs'/'table2'/'imagenet_lt_if100-softmax'/'seed0'/'metrics.json').is_file()
-    assert not (shared_root/'runs'/'table3'/'imagenet_lt_if100-softmax').exists()
-    assert (shared_root/'runs'/'table3'/'imagenet_lt_if100-ours_a_u'/'seed0'/'metrics.json').is_file()
+    assert (shared_root/'smoke'/'runs'/'table2'/'imagenet_lt_if100-softmax'/'seed0'/'metrics.json').is_file()
+    assert not (shared_root/'smoke'/'runs'/'table3'/'imagenet_lt_if100-softmax').exists()
+    assert (shared_root/'smoke'/'runs'/'table3'/'imagenet_lt_if100-ours_a_u'/'seed0'/'metrics.json').is_file()
     t = summarize(open_results('table3', 'smoke', results_root=shared_root)).set_index(['row', 'metric'])
     assert t.loc[('imagenet_lt_if100-softmax', 'overall'), 'n'] == 1 and t.loc[('imagenet_lt_if100-ours_a_u', 'overall'), 'paper'] == 37.07
     assert t.loc[('imagenet_lt_if100-ours_r', 'overall'), 'n'] == 0
-    md = (shared_root/'tables'/'table3.md').read_text()
+    md = (shared_root/'smoke'/'tables'/'table3.md').read_text()
     lines = [l for l in md.splitlines() if l.startswith('|')]
     at = {l.split('|')[2].strip(): i for i, l in enumerate(lines) if l.split('|')[3].strip() == 'reproduced'}
     quartiles = lambda line: [c.strip() for c in line.split('|')[4:8]]             # Many, Medium, Few, Rare
@@ -443,14 +444,14 @@ def test_gpus_run_concurrently_one_worker_per_device(tmp_path, data_root, monkey
     args = ['table2', '--profile', 'smoke', '--rows', ','.join(rows), '--seeds', '0',
             '--gpus', '0,1', '--device', 'cpu', '--no-render', '--results-root', str(tmp_path)]
     code, out, _ = cli(cli_reproduce, args + ['--dry-run'])
-    assert code == 0 and 'gpu0' in out and 'gpu1' in out and not (tmp_path/'runs').exists()
+    assert code == 0 and 'gpu0' in out and 'gpu1' in out and not (tmp_path/'smoke'/'runs').exists()
     code, out, err = cli(cli_reproduce, args)
     assert code == 0 and 'on GPUs [0, 1]' in out, out + err
-    seen = [_executed_env(tmp_path/'executed'/'table2'/r/'seed0.ipynb') for r in rows]
+    seen = [_executed_env(tmp_path/'smoke'/'executed'/'table2'/r/'seed0.ipynb') for r in rows]
     assert {s[0] for s in seen} == {'0', '1'}
     (a0, a1), (b0, b1) = [(s[1], s[2]) for s in seen]
     assert a0 < b1 and b0 < a1                                        # the two runs overlapped in time
-    m = json.loads((tmp_path/'runs'/'table2'/'inaturalist2017-ours'/'seed0'/'metrics.json').read_text())
+    m = json.loads((tmp_path/'smoke'/'runs'/'table2'/'inaturalist2017-ours'/'seed0'/'metrics.json').read_text())
     assert m['class_counts'] == [8, 6, 4, 3, 2, 2, 1, 1] and m['config']['device'] == 'cpu'
 
 
@@ -461,7 +462,7 @@ def test_slurm_launcher_through_submitit_local(tmp_path, data_root, monkeypatch)
             '--results-root', str(tmp_path)]
     code, out, err = cli(cli_reproduce, args)
     assert code == 0 and 'via slurm' in out, out + err
-    assert json.loads((tmp_path/'runs'/'fmnist_lt'/'seesaw-if10'/'seed0'/'metrics.json').read_text())['status'] == 'complete'
-    assert any((tmp_path/'submitit').glob('*_result.pkl')) or any((tmp_path/'submitit').iterdir())
+    assert json.loads((tmp_path/'smoke'/'runs'/'fmnist_lt'/'seesaw-if10'/'seed0'/'metrics.json').read_text())['status'] == 'complete'
+    assert any((tmp_path/'smoke'/'submitit').glob('*_result.pkl')) or any((tmp_path/'smoke'/'submitit').iterdir())
     code, out, _ = cli(cli_reproduce, args)
     assert code == 0 and '1 already done, 0 to run' in out

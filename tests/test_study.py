@@ -11,10 +11,10 @@ def test_study_smoke_end_to_end(tmp_path):
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
     # the study's references are its own runs (one long-tailed subset per seed), like its A-variants
-    assert (tmp_path / 'runs' / 'study' / 'r-if100' / 'seed0' / 'metrics.json').is_file()
-    assert not (tmp_path / 'runs' / 'fmnist_lt').exists()
-    assert (tmp_path / 'runs' / 'study' / 'temper05-if100' / 'seed0' / 'metrics.json').is_file()
-    md = (tmp_path / 'tables' / 'study.md').read_text()
+    assert (tmp_path / 'smoke' / 'runs' / 'study' / 'r-if100' / 'seed0' / 'metrics.json').is_file()
+    assert not (tmp_path / 'smoke' / 'runs' / 'fmnist_lt').exists()
+    assert (tmp_path / 'smoke' / 'runs' / 'study' / 'temper05-if100' / 'seed0' / 'metrics.json').is_file()
+    md = (tmp_path / 'smoke' / 'tables' / 'study.md').read_text()
     assert 'R+A+AU, w^0.5' in md and 'VALIDATION' in md and 'R (margins only)' in md
     for stem in ('study_weights', 'study_val_vs_test'):
-        assert (tmp_path / 'figures' / f'{stem}.png').stat().st_size > 5000
+        assert (tmp_path / 'smoke' / 'figures' / f'{stem}.png').stat().st_size > 5000

@@ -30,7 +30,7 @@ def test_planted_drift_fails(tmp_path):
     args = ('verify', 'fmnist_lt', '--profile', 'smoke', '--rows', 'seesaw-if100', '--seeds', '0', '--results-root', str(root))
     ok = ltpaper(*args)
     assert ok.returncode == 0 and '1 equal' in ok.stdout, ok.stdout + ok.stderr
-    m = root/'runs'/'fmnist_lt'/'seesaw-if100'/'seed0'/'metrics.json'
+    m = root/'smoke'/'runs'/'fmnist_lt'/'seesaw-if100'/'seed0'/'metrics.json'
     rec = json.loads(m.read_text())
     rec['last']['per_class'][3] += 0.01                                                  # one committed number drifts
     m.write_text(json.dumps(rec))
