@@ -9,7 +9,7 @@ PROFILE ?= cpu
 SEEDS   ?= 0
 TABLES  ?= fmnist_lt
 
-.PHONY: install data chromium test test-fast reproduce bench sync-check clean-nbs lab docs
+.PHONY: install data chromium test test-fast reproduce bench sync-check clean-nbs notebooks lab docs
 
 install: $(STAMP)
 
@@ -63,6 +63,16 @@ bench: $(STAMP)
 
 clean-nbs: $(STAMP)
 	$(BIN)/nbdev-export && $(BIN)/nbdev-clean
+
+# Notebooks committed with their outputs, so that a reader on a code host sees their figures and tables: the library
+# notebooks whose point is a picture and every paper notebook. `make notebooks` executes them in place (kernels import
+# this checkout's ltpaper) and cleans them; unchanged code and results give unchanged bytes.
+NOTEBOOKS_WITH_OUTPUTS := nbs/01_binning.ipynb nbs/method.ipynb nbs/paper/fmnist_lt.ipynb nbs/paper/fmnist_lt_budget.ipynb \
+                          nbs/paper/intra_balance_study.ipynb nbs/paper/table1.ipynb nbs/paper/table2.ipynb nbs/paper/table3.ipynb
+notebooks: $(STAMP)
+	for nb in $(NOTEBOOKS_WITH_OUTPUTS); do \
+	  PATH=$(BIN):$$PATH PYTHONPATH=$(CURDIR) OMP_NUM_THREADS=1 $(BIN)/jupyter nbconvert --to notebook --execute --inplace $$nb || exit $$?; done
+	$(BIN)/nbdev-clean
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab --no-browser
