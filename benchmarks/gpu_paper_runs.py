@@ -1,32 +1,50 @@
 """The `paper` profile of fmnist_lt (ResNet-32, 200 epochs) on one GPU, for a lent machine without papermill.
 
 Plans the jobs exactly as `ltpaper reproduce fmnist_lt --profile paper` does (same TrainConfig, same config hash),
-trains them as parallel processes on the one GPU by calling `ltpaper.train.train` directly, and writes, flat into
---out: each finished run's metrics.json (`fmnist_lt-<row>-seed<s>.metrics.json`, GPU name in its provenance),
-one log and a summary JSON (wall times, epochs done). A run still going at --deadline-s is stopped and reported
-as unfinished: there is no partial result. If time is left after the runs, the CUDA checks of the notebooks'
-gpu cells (benchmarks/gpu_cells.py) and a short loss-speed benchmark run too.
+leaves out the runs already committed under results/paper (unless --redo), and trains the rest seed by seed
+(every row of seed 0, then of seed 1, ...: a cut-off leaves whole seeds, which pair) as parallel processes on the
+one GPU, at most --parallel at once, by calling `ltpaper.train.train` directly. It writes, flat into --out: each
+finished run's metrics.json (`fmnist_lt-<row>-seed<s>.metrics.json`, GPU name in its provenance), one log and a
+summary JSON (wall times, epochs done). A run still going at --deadline-s is stopped and reported as unfinished:
+no result is made up for it, but its last epoch checkpoint is kept as `partial/<row>-seed<s>.pt`; the next window
+continues it exactly (`--resume-from DIR`, the folder of the earlier call's fetched outputs). If time is left after
+the runs, the CUDA checks of the notebooks' gpu cells (benchmarks/gpu_cells.py) and a short loss-speed benchmark
+run too.
+
+Default rows: `budget`, the IF-100 rows of the budget comparison (the `mid` profile's rows in configs/fmnist_lt.yaml:
+Softmax, Seesaw, R, A+U, R+A+U, R+A+AU as the paper reads it, ours_tuned, R with S = sum F^beta), seeds 0,1,2.
 
 Bring the results home with `python benchmarks/gpu_paper_runs.py --install DIR` (copies the metrics files to
 results/paper/runs/fmnist_lt/<row>/seed<s>/, where `ltpaper status fmnist_lt --profile paper` finds them).
 
 Usage:
-  python benchmarks/gpu_paper_runs.py --out DIR [--rows softmax-if100,seesaw-if100,ours-if100] [--seed 0]
-         [--deadline-s 420] [--data-root .fmnist] [--epochs N  (a trial on fewer epochs: NOT the paper profile)]
+  python benchmarks/gpu_paper_runs.py --out DIR [--rows budget|GLOBS] [--seeds 0,1,2] [--parallel 12] [--redo]
+         [--deadline-s 420] [--resume-from DIR] [--data-root .fmnist]
+         [--epochs N  (a trial on fewer epochs: NOT the paper profile)] [--dry-run  (print the plan, run nothing)]
   python benchmarks/gpu_paper_runs.py --install DIR
 """
-import argparse, json, os, shutil, subprocess, sys, tempfile, time
+import argparse, dataclasses, json, os, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from ltpaper.runs import parse_seeds
 CHILD = ("import json, sys; from ltpaper.config import TrainConfig; from ltpaper.train import train; "
          "train(TrainConfig(**json.load(open(sys.argv[1]))))")
 
-def plan(rows, seed, results_root, device, data_root, epochs=None):
+def budget_rows() -> str:
+    "The IF-100 rows of the budget comparison: the `mid` profile's rows (one list, in the table's config)."
+    from ltpaper.tables import load_table
+    return ','.join(load_table('fmnist_lt')['profiles']['mid']['rows'])
+
+def plan(rows, seeds, results_root, device, data_root, epochs=None):
+    "The paper-profile jobs of `rows` x `seeds`, seed-major; `epochs` makes a trial (another config hash)."
     from ltpaper.config import config_hash
     from ltpaper.runs import plan_jobs
-    jobs = plan_jobs('fmnist_lt', 'paper', rows=rows, seeds=[seed], results_root=results_root, device=device)
+    rows = budget_rows() if rows == 'budget' else rows
+    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
+    jobs = plan_jobs('fmnist_lt', 'paper', rows=rows, seeds=seeds, results_root=results_root, device=device)
+    jobs.sort(key=lambda j: seeds.index(j.seed))      # stable: rows keep the table's order within a seed
     for j in jobs:
         j.config.update(data_root=str(data_root), progress=True, resume=False, num_workers=0)   # progress: one line per epoch in the log
         if epochs:   # a trial: fewer epochs, milestones scaled (a different config hash: never installed as paper runs)
@@ -37,6 +55,16 @@ def plan(rows, seed, results_root, device, data_root, epochs=None):
             j.config_hash = config_hash(j.config)
     return jobs
 
+def to_run(jobs, redo=False):
+    "The jobs not yet committed under results/paper (all of them with `redo`), and the committed ones left out."
+    from ltpaper.runs import job_state, output_roots, run_dir
+    if redo: return jobs, []
+    root = output_roots('paper')['results']
+    have = lambda j: job_state(dataclasses.replace(j, out_dir=str(run_dir(root, j.table, j.row, j.seed))))[0] == 'done'
+    return [j for j in jobs if not have(j)], [j for j in jobs if have(j)]
+
+def _name(j): return f'{j.row}-seed{j.seed}'
+
 def run(ns):
     import torch
     out = Path(ns.out); out.mkdir(parents=True, exist_ok=True)
@@ -45,41 +73,28 @@ def run(ns):
     device = 'cuda' if gpu else 'cpu'
     if ns.require_gpu and not gpu: sys.exit("gpu_paper_runs.py: no CUDA device visible; run it on a GPU machine (or pass --no-require-gpu for a CPU trial)")
     work = Path(tempfile.mkdtemp(prefix='gpu_paper_'))
-    jobs = plan(ns.rows, ns.seed, work, device, Path(ns.data_root).resolve(), ns.epochs)
+    jobs, skipped = to_run(plan(ns.rows, parse_seeds(ns.seeds), work, device, Path(ns.data_root).resolve(), ns.epochs), ns.redo or bool(ns.epochs))
     log = open(out/'gpu_paper_runs.log', 'w')
-    procs = []
-    for j in jobs:
-        cfgf = work/f'{j.row}.json'; cfgf.write_text(json.dumps(j.config))
-        env = dict(os.environ, OMP_NUM_THREADS=str(ns.threads), PYTHONUNBUFFERED='1', PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''))
-        lf = open(work/f'{j.row}.log', 'w')
-        procs.append((j, subprocess.Popen([sys.executable, '-c', CHILD, str(cfgf)], stdout=lf, stderr=subprocess.STDOUT, env=env), lf, time.time()))
-        print(f"started {j.row} seed{j.seed} [{j.config_hash}] epochs={j.config['epochs']} on {gpu or 'cpu'}", file=log, flush=True)
-    summary = dict(gpu=gpu, torch=torch.__version__, commit=ns.commit, rows=[], deadline_s=ns.deadline_s, trial_epochs=ns.epochs)
-    done = {}
-    while len(done) < len(procs):
+    summary = dict(gpu=gpu, torch=torch.__version__, commit=ns.commit, rows=[], deadline_s=ns.deadline_s, trial_epochs=ns.epochs,
+                   parallel=ns.parallel, already_committed=[_name(j) for j in skipped])
+    queue, procs, done = list(jobs), [], {}
+    while queue or len(done) < len(procs):
+        while queue and len(procs) - len(done) < ns.parallel and time.time() - t0 < ns.deadline_s:
+            procs.append(start(queue.pop(0), work, ns, log, gpu))
+        if queue and time.time() - t0 >= ns.deadline_s: summary['not_started'] = [_name(j) for j in queue]; queue = []
         for j, p, lf, ts in procs:
-            if j.row in done: continue
+            if _name(j) in done: continue
             rc = p.poll()
             if rc is None and time.time() - t0 > ns.deadline_s:
                 p.terminate()
                 try: p.wait(20)
                 except subprocess.TimeoutExpired: p.kill(); p.wait()
                 rc = 'deadline'
-            if rc is not None: done[j.row] = (rc, time.time() - ts)
+            if rc is not None: done[_name(j)] = (rc, time.time() - ts)
         time.sleep(2)
     for j, p, lf, ts in procs:
-        lf.close(); rc, wall = done[j.row]
-        m = Path(j.out_dir)/'metrics.json'
-        text = (work/f'{j.row}.log').read_text()
-        log.write(f"\n===== {j.row} seed{j.seed}: rc={rc} wall={wall:.0f}s\n" + '\n'.join(text.splitlines()[-25:]) + '\n')
-        ep = sum(1 for line in text.splitlines() if line.startswith('epoch '))
-        row = dict(row=j.row, seed=j.seed, config_hash=j.config_hash, rc=rc, wall_s=round(wall, 1), finished=m.is_file(), epochs_done=ep)
-        if m.is_file():
-            rec = json.loads(m.read_text())
-            row.update(last_top1=rec['last']['top1'], val_last_top1=rec['val']['last_top1'], images_per_s=rec['images_per_s'],
-                       epochs=rec['config']['epochs'], device=rec['provenance']['device'])
-            shutil.copy(m, out/f'fmnist_lt-{j.row}-seed{j.seed}.metrics.json')
-        summary['rows'].append(row)
+        lf.close(); rc, wall = done[_name(j)]
+        summary['rows'].append(collect(j, rc, wall, work, out, log))
     summary['runs_wall_s'] = round(time.time() - t0, 1)
     print(json.dumps(summary, indent=1), file=log, flush=True)
     # what time is left: the notebooks' CUDA checks, then a short loss-speed benchmark (after the runs: no contention)
@@ -98,6 +113,44 @@ def run(ns):
     print(json.dumps(summary, indent=1))
     return summary
 
+def start(j, work, ns, log, gpu):
+    "Start one run as its own process (continuing from a fetched partial checkpoint when --resume-from has one)."
+    part = Path(ns.resume_from or '/nonexistent')/'partial'/f'{_name(j)}.pt'
+    if part.is_file():
+        Path(j.out_dir).mkdir(parents=True, exist_ok=True); shutil.copy(part, Path(j.out_dir)/'checkpoint.pt')
+        j.config['resume'] = True
+    cfgf = work/f'{_name(j)}.json'; cfgf.write_text(json.dumps(j.config))
+    env = dict(os.environ, OMP_NUM_THREADS=str(ns.threads), PYTHONUNBUFFERED='1', PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    lf = open(work/f'{_name(j)}.log', 'w')
+    p = subprocess.Popen([sys.executable, '-c', CHILD, str(cfgf)], stdout=lf, stderr=subprocess.STDOUT, env=env)
+    print(f"started {_name(j)} [{j.config_hash}] epochs={j.config['epochs']} on {gpu or 'cpu'}"
+          + (f" from {part} (resumed)" if part.is_file() else ''), file=log, flush=True)
+    return j, p, lf, time.time()
+
+def collect(j, rc, wall, work, out, log) -> dict:
+    "One run's line of the summary; its metrics.json (finished) or its last checkpoint (stopped) copied into `out`."
+    m, ck = Path(j.out_dir)/'metrics.json', Path(j.out_dir)/'checkpoint.pt'
+    text = (work/f'{_name(j)}.log').read_text()
+    log.write(f"\n===== {_name(j)}: rc={rc} wall={wall:.0f}s\n" + '\n'.join(text.splitlines()[-25:]) + '\n')
+    ep = sum(1 for line in text.splitlines() if line.startswith('epoch '))
+    row = dict(row=j.row, seed=j.seed, config_hash=j.config_hash, rc=rc, wall_s=round(wall, 1), finished=m.is_file(), epochs_done=ep)
+    if m.is_file():
+        rec = json.loads(m.read_text())
+        row.update(last_top1=rec['last']['top1'], val_last_top1=rec['val']['last_top1'], images_per_s=rec['images_per_s'],
+                   epochs=rec['config']['epochs'], device=rec['provenance']['device'])
+        shutil.copy(m, out/f'fmnist_lt-{_name(j)}.metrics.json')
+    elif ck.is_file():          # stopped at the deadline: the last finished epoch, for the next window (not a result)
+        (out/'partial').mkdir(exist_ok=True); shutil.copy(ck, out/'partial'/f'{_name(j)}.pt'); row['partial'] = True
+    return row
+
+def dry_run(ns):
+    "The plan without running: the runs in their order, and the runs left out because they are committed."
+    jobs, skipped = to_run(plan(ns.rows, parse_seeds(ns.seeds), tempfile.gettempdir(), 'cuda', ns.data_root, ns.epochs),
+                           ns.redo or bool(ns.epochs))
+    for j in jobs: print(f"run  {_name(j)} [{j.config_hash}] epochs={j.config['epochs']} model={j.config['model']}")
+    for j in skipped: print(f"have {_name(j)} [{j.config_hash}] (committed under results/paper)")
+    print(f"{len(jobs)} to run, {len(skipped)} committed, at most {ns.parallel} at once, deadline {ns.deadline_s:.0f} s")
+
 def install(src):
     "Copy fetched metrics files into results/paper/runs/fmnist_lt/<row>/seed<s>/metrics.json, checking their hashes."
     from ltpaper.config import config_hash
@@ -107,7 +160,7 @@ def install(src):
     for f in sorted(Path(src).glob('fmnist_lt-*-seed*.metrics.json')):
         rec = json.loads(f.read_text())
         row, seed = f.name[len('fmnist_lt-'):].rsplit('-seed', 1); seed = int(seed.split('.')[0])
-        try: want = [j for j in plan(row, seed, None, None, '.') if j.row == row][0]
+        try: want = [j for j in plan(row, [seed], None, None, '.') if j.row == row][0]
         except (ValueError, IndexError): print(f"skip {f.name}: {row!r} is not a row of fmnist_lt"); continue
         if config_hash(rec['config']) != want.config_hash or rec['status'] != 'complete':
             print(f"skip {f.name}: config {config_hash(rec['config'])} is not the paper profile's {want.config_hash} (a trial?)"); continue
@@ -119,8 +172,12 @@ def install(src):
 if __name__ == '__main__':
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--out', help='folder for the metrics files, log and summary')
-    ap.add_argument('--rows', default='softmax-if100,seesaw-if100,ours-if100')
-    ap.add_argument('--seed', type=int, default=0)
+    ap.add_argument('--rows', default='budget', help="'budget' (the IF-100 rows of the budget comparison) or comma-separated globs")
+    ap.add_argument('--seeds', '--seed', default='0,1,2', help='comma-separated seeds')
+    ap.add_argument('--parallel', type=int, default=12, help='runs at once on the one GPU (each its own process)')
+    ap.add_argument('--redo', action='store_true', help='also run the rows x seeds already committed under results/paper')
+    ap.add_argument('--resume-from', metavar='DIR', help="an earlier call's fetched outputs: continue its partial/ checkpoints")
+    ap.add_argument('--dry-run', action='store_true', help='print the plan (what runs, what is committed already) and run nothing')
     ap.add_argument('--deadline-s', type=float, default=420, help='stop runs still going after this many seconds')
     ap.add_argument('--extra-s', type=float, default=60, help='seconds after the deadline the optional checks may use')
     ap.add_argument('--data-root', default='.fmnist', help='holds FashionMNIST/raw/*.gz (or Debian\'s package is installed)')
@@ -131,5 +188,6 @@ if __name__ == '__main__':
     ap.add_argument('--install', metavar='DIR', help='copy fetched metrics files from DIR into results/paper/runs')
     ns = ap.parse_args()
     if ns.install: install(ns.install)
+    elif ns.dry_run: dry_run(ns)
     elif ns.out: run(ns)
     else: ap.error('give --out DIR (run) or --install DIR')

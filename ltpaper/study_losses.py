@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 from fastcore.basics import patch
 from .binning import gradient_norm, all_reduce_sum, class_bincount
-from .losses import LOSSES, OURS_BINNINGS, IntraStats, OursLoss, document_losses, margin_logits, _check
+from .loss_base import _check
+from .ours import OURS_BINNINGS, IntraStats, OursLoss, margin_logits
+from .losses import LOSSES, document_losses
 
 # %% ../nbs/00b_study_losses.ipynb #d4e27539
 STUDY_BINNINGS = OURS_BINNINGS + ('power',)

@@ -85,3 +85,56 @@ def test_compile_loss_checks_equality_and_writes_ratios(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     rows = json.loads(out.read_text())['rows']
     assert len(rows) == 1 and rows[0]['C'] == 10 and rows[0]['compiled_ms'] > 0 and rows[0]['speedup'] > 0
+
+def _small(g, monkeypatch):
+    "gpu_paper_runs with its plan shrunk to a seconds-long CPU run per job (the scheduling is what is tested)."
+    orig = g.plan
+    def plan(*a, **k):
+        jobs = orig(*a, **k)
+        for j in jobs: j.config.update(model='small_resnet', limit_train=500, limit_test=200, val_per_class=20, threads=1)
+        return jobs
+    monkeypatch.setattr(g, 'plan', plan)
+
+def _ns(tmp_path, **kw):
+    import argparse
+    base = dict(out=str(tmp_path / 'out'), rows='softmax-if100,seesaw-if100', seeds='0,1', parallel=2, redo=False, deadline_s=600,
+                extra_s=0, resume_from=None, data_root='.fmnist', threads=1, epochs=1, commit=None, require_gpu=False, dry_run=False)
+    return argparse.Namespace(**{**base, **kw})
+
+def test_gpu_paper_runs_default_plan_is_the_budget_rows_seed_major():
+    sys.path.insert(0, str(ROOT / 'benchmarks'))
+    import gpu_paper_runs as g
+    from ltpaper.tables import load_table
+    jobs = g.plan('budget', [0, 1, 2], '/tmp/x', 'cuda', '.fmnist')
+    rows = load_table('fmnist_lt')['profiles']['mid']['rows']
+    assert [j.seed for j in jobs] == [s for s in (0, 1, 2) for _ in rows]                  # seed-major: a cut-off leaves whole seeds
+    assert all(sorted(j.row for j in jobs if j.seed == s) == sorted(rows) for s in (0, 1, 2))
+    todo, have = g.to_run(jobs)
+    committed = {f"{m.parent.parent.name}-{m.parent.name}" for m in (ROOT / 'results/paper/runs/fmnist_lt').glob('*/seed*/metrics.json')}
+    assert {g._name(j) for j in have} == committed & {g._name(j) for j in jobs} and len(todo) + len(have) == len(jobs)
+    assert g.to_run(jobs, redo=True) == (jobs, [])
+    r = subprocess.run([sys.executable, str(GPR), '--dry-run'], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and f"{len(todo)} to run, {len(have)} committed" in r.stdout, r.stderr[-2000:]
+
+def test_gpu_paper_runs_queues_runs_and_keeps_stopped_ones_for_the_next_window(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / 'benchmarks'))
+    import gpu_paper_runs as g
+    _small(g, monkeypatch)
+    s = g.run(_ns(tmp_path))          # 4 trial runs of one epoch, two at a time, on the CPU
+    assert [(r['row'], r['seed']) for r in s['rows']] == [('softmax-if100', 0), ('seesaw-if100', 0), ('softmax-if100', 1), ('seesaw-if100', 1)]
+    assert all(r['finished'] and r['rc'] == 0 for r in s['rows']), s
+    out = tmp_path / 'out'
+    assert sorted(p.name for p in out.glob('*.metrics.json')) == sorted(f'fmnist_lt-{r}-seed{k}.metrics.json'
+                                                                     for r in ('softmax-if100', 'seesaw-if100') for k in (0, 1))
+    # a run stopped at the deadline: its checkpoint (not a result) goes to partial/, and --resume-from continues it
+    j = g.plan('softmax-if100', [0], tmp_path / 'w', 'cpu', '.fmnist', epochs=2)[0]
+    Path(j.out_dir).mkdir(parents=True); (Path(j.out_dir) / 'checkpoint.pt').write_bytes(b'ck')
+    (tmp_path / 'w' / 'softmax-if100-seed0.log').write_text('epoch 1 ...\n')
+    row = g.collect(j, 'deadline', 5.0, tmp_path / 'w', out, open(os.devnull, 'w'))
+    assert row['partial'] and not row['finished'] and row['epochs_done'] == 1 and (out / 'partial' / 'softmax-if100-seed0.pt').read_bytes() == b'ck'
+    j2 = g.plan('softmax-if100', [0], tmp_path / 'w2', 'cpu', '.fmnist', epochs=2)[0]
+    (tmp_path / 'w2').mkdir()
+    j2.config['epochs'] = 'not-a-number'         # the child fails at once: only the hand-over of the checkpoint is checked here
+    _, p, lf, _ = g.start(j2, tmp_path / 'w2', _ns(tmp_path, resume_from=str(out)), open(os.devnull, 'w'), None)
+    p.wait(120); lf.close()
+    assert j2.config['resume'] is True and (Path(j2.out_dir) / 'checkpoint.pt').read_bytes() == b'ck'

@@ -11,7 +11,8 @@ import ltpaper.launch as L
 import ltpaper.runs as R
 from ltpaper.cli import cli_reproduce, cli_status, cli_train
 from ltpaper.runs import _atomic_write_text
-from ltpaper.train import atomic_write, load_checkpoint, train
+from ltpaper.checkpoint import atomic_write, load_checkpoint
+from ltpaper.train import train
 
 from helpers import DRIVER, FMNIST, cli, comparable, env, smoke
 

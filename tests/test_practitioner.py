@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from ltpaper.losses import build_loss
-from ltpaper.train import WeightMonitor, load_checkpoint, monitors_weights, train
+from ltpaper.checkpoint import load_checkpoint
+from ltpaper.record import WeightMonitor, monitors_weights
+from ltpaper.train import train
 
 from helpers import FMNIST, smoke
 

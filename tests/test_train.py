@@ -11,7 +11,9 @@ import torch.nn.functional as F
 from ltpaper.losses import LOSSES
 from ltpaper.cli import cli_train, parse_train_args
 from ltpaper.config import TrainConfig, config_hash
-from ltpaper.train import NonFiniteLossError, limit_dataset, load_checkpoint, train
+from ltpaper.checkpoint import load_checkpoint
+from ltpaper.run_data import limit_dataset
+from ltpaper.train import NonFiniteLossError, train
 from ltpaper.data import build_dataset
 
 from helpers import DRIVER, FMNIST, comparable, env, smoke
