@@ -45,8 +45,9 @@ def budget_summary(table='fmnist_lt', profiles=BUDGET_PROFILES, results_roots=No
             runs = [_run_stats(x['metrics']) for x in res.runs if x['row'] == r.name]
             rec = dict(profile=p, epochs=r.train['epochs'], model=r.train['model'], imbalance_factor=r.imbalance_factor,
                        method=r.method, label=r.label)
-            for k in ('top1', 'rare', 'val', 'train_top1', 'train_loss'):
-                rec[k], rec[f'{k}_std'], rec['n'] = _mean_std([s[k] for s in runs])
+            for k in ('top1', 'rare', 'val', 'train_top1', 'train_loss'):    # runs made before a statistic existed lack it
+                rec[k], rec[f'{k}_std'], rec[f'{k}_n'] = _mean_std([s[k] for s in runs])
+            rec['n'] = len(runs)
             out.append(rec)
     df = pd.DataFrame(out)
     if not len(df): return df
@@ -72,7 +73,7 @@ def budget_table(summary, stat='top1') -> 'pd.DataFrame':
     recs = {}
     for _, r in summary.iterrows():
         recs.setdefault((f"IF {int(r.imbalance_factor)}", r.label), {})[_budget_name(summary, r.profile)] = \
-            _cell(r[stat], r[f'{stat}_std'], r.n if not math.isnan(r[stat]) else 0)
+            _cell(r[stat], r[f'{stat}_std'], r[f'{stat}_n'])
     cols = [_budget_name(summary, p) for p in profiles]
     idx = pd.MultiIndex.from_tuples(list(recs), names=['imbalance factor', 'method'])
     return pd.DataFrame([[recs[k].get(c, '—') for c in cols] for k in recs], index=idx, columns=cols)
@@ -158,7 +159,8 @@ def write_budget(table='fmnist_lt', profiles=BUDGET_PROFILES, results_roots=None
     troot.mkdir(parents=True, exist_ok=True)
     notes = ["mean ± std over seeds (n=1: one seed); — = not measured (never filled in).",
              "Budgets: each profile of configs/fmnist_lt.yaml; `paper` ran on a GPU.",
-             "Rarest quartile: the 25 % of classes with the fewest training images."]
+             "Rarest quartile: the 25 % of classes with the fewest training images.",
+             "Training top-1: on the augmented batches of the last epoch; records made before it was recorded show —."]
     md = '\n\n'.join(to_markdown(budget_table(s, k), f"{DATASET_NAMES.get(table.split('_')[0] + '_lt', table)}: {name} "
                                  "by training budget", notes if k == 'train_top1' else ())
                      for k, name in [('top1', 'test top-1 (%)'), ('rare', 'rarest-quartile test accuracy (%)'),
