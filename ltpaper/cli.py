@@ -8,110 +8,14 @@ __all__ = ['COMMANDS', 'train_parser', 'parse_train_args', 'cli_train', 'parse_g
 
 # %% ../nbs/06_cli.ipynb #357f5d30
 import argparse, json, os, sys, typing
-from dataclasses import MISSING, fields
+from dataclasses import fields
 from pathlib import Path
 
+from .cli_args import _ArgError, _Parser, _error, _field_argument
 from .config import TrainConfig, _need
 from .settings import PROFILES, get_settings
 
-# %% ../nbs/06_cli.ipynb #0d476226
-class _ArgError(ValueError):
-    "A bad command-line argument (argparse's message)."
-
-class _Parser(argparse.ArgumentParser):
-    "argparse that raises `_ArgError` (one line) instead of printing the usage and exiting."
-    def error(self, message):
-        raise _ArgError(message)
-
-def _error(cmd: str, e, code: int = 2) -> int:
-    "Print `ltpaper CMD: error: MESSAGE` (whitespace folded to one line) on stderr; return `code`."
-    print(f"ltpaper {cmd}: error: {' '.join(str(e).split())}", file=sys.stderr)
-    return code
-
 # %% ../nbs/06_cli.ipynb #f32316e2
-def _list_of(conv, what):
-    def parse(s):
-        s = s.strip()
-        if s.startswith('['):
-            try:
-                return [conv(v) for v in json.loads(s)]
-            except (ValueError, TypeError):
-                raise argparse.ArgumentTypeError(f"expected a JSON list of {what}, got {s!r}")
-        try:
-            return [conv(v) for v in s.split(',') if v.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {s!r}")
-    return parse
-
-def _json_dict(s):
-    try:
-        d = json.loads(s)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg} at char {e.pos}): {s!r}")
-    if not isinstance(d, dict):
-        raise argparse.ArgumentTypeError(f"must be a JSON object like '{{\"gamma\": 0.5}}', got {s!r}")
-    return d
-
-def _int(s):
-    try:
-        return int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {s!r}")
-
-def _float(s):
-    try:
-        return float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}")
-
-_FIELD_HELP = {   # fields whose source comment is missing or runs over two lines
-    'epochs': 'training epochs',
-    'momentum': 'SGD momentum',
-    'weight_decay': 'SGD weight decay (L2)',
-    'seed': 'seed of the run (initialisation, batch order, augmentation)',
-    'subset_seed': "seed of the long-tailed subset and val split (LDAM-DRW's rand_number=0); None: the run seed",
-    'eval_batch_size': 'batch size of evaluation',
-}
-
-def _names_of(field_name: str) -> str:
-    "The valid values of --dataset / --loss / --model (imports the registries, so only for --help)."
-    if field_name == 'dataset':
-        from ltpaper.data import DATASETS as names
-    elif field_name == 'loss':
-        from ltpaper.losses import LOSSES as names
-    elif field_name == 'model':
-        from ltpaper.models import MODELS as names
-    else:
-        return ''
-    return '; one of: ' + ', '.join(sorted(names))
-
-def _field_help(f, default, names: bool) -> str:
-    "One help line of a TrainConfig field: its source comment (docments), the valid names with `names`, the default."
-    from fastcore.docments import docments
-    doc = _FIELD_HELP.get(f.name) or docments(TrainConfig).get(f.name) or f.name.replace('_', ' ')
-    text = doc + (_names_of(f.name) if names else '') + f" (default: {default!r})"
-    return text.replace('%', '%%')
-
-def _field_argument(p: argparse.ArgumentParser, f, t, names: bool = False):
-    "Add the flag of TrainConfig field `f` (annotation `t`) to `p`."
-    flag = '--' + f.name.replace('_', '-')
-    default = f.default if f.default is not MISSING else f.default_factory()
-    kw = dict(help=_field_help(f, default, names), dest=f.name)
-    if t is bool or t == bool | None:
-        p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
-    elif t is int:
-        p.add_argument(flag, type=_int, metavar='N', **kw)
-    elif t is float:
-        p.add_argument(flag, type=_float, metavar='X', **kw)
-    elif t == list[int]:
-        p.add_argument(flag, type=_list_of(int, 'integers'), metavar='A,B', **kw)
-    elif t == list[float]:
-        p.add_argument(flag, type=_list_of(float, 'numbers'), metavar='A,B', **kw)
-    elif t is dict:
-        p.add_argument(flag, type=_json_dict, metavar='JSON', **kw)
-    else:
-        p.add_argument(flag, type=str, metavar='STR', **kw)
-
 def train_parser(names: bool = True) -> argparse.ArgumentParser:
     "argparse parser with one --kebab-case flag per TrainConfig field, plus --force; `names`: list valid datasets/losses/models."
     p = _Parser(prog='ltpaper train', allow_abbrev=False,
