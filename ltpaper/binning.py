@@ -71,7 +71,7 @@ def _final_block(M, thr, cell, ri, bins, depth):
 
 def _first_sparse(path, thr, depth):
     "(mass, level) of the first block on each path (B, depth+1) whose mass is at most thr (B, 1), or of its last."
-    level = (path > thr).long().cumprod(1).sum(1).clamp_(max=depth)  # first non-dense level on the path
+    level = (path[:, :depth] > thr).sum(1)       # masses shrink down a path, so its dense blocks are a prefix: count them
     return path.gather(1, level[:, None]).squeeze(1), level
 
 # %% ../nbs/01_binning.ipynb #61c9adb0
@@ -108,81 +108,98 @@ def _pyramid_steps(n, device):
 def _pyramid_index(cls, cell, n, P, first=0):
     "(B, K - first) flat positions, in a (C, P) pyramid buffer, of the blocks of levels first.. holding each (class, fine cell)."
     shift, start = _pyramid_steps(n, cell.device)
-    return (cls * P)[:, None] + start[first:] + (cell[:, None] >> shift[first:])
+    return torch.add(start[first:] + (cell[:, None] >> shift[first:]), cls[:, None], alpha=P)
 
 # %% ../nbs/01_binning.ipynb #a4ff31c6
 def _dense_cap(tau):
     "Most blocks of one level that can each hold more than tau of the total (with a margin for float rounding)."
     return 0 if tau >= 1 else math.floor(1 / (tau * (1 - 2 ** -20)))
 
-_SLOT_WIDTH = {}
-def _slot_width(sizes, device, dtype):
-    "Width, in fine cells, of each child of each parent slot of the walk: `sizes` lists (slots, width) per level (cached)."
-    key = (sizes, str(device), dtype)
-    if key not in _SLOT_WIDTH:
-        w = torch.cat([torch.full((k,), float(w), dtype=dtype) for k, w in sizes])
-        _SLOT_WIDTH[key] = torch.cat([w, w]).to(device)                # first children, then second children
-    return _SLOT_WIDTH[key]
-
 def _take(buf, pos):
-    "buf.view(-1)[pos]: the flat positions pos (any shape) of buf."
-    return torch.take(buf, pos)
+    "buf.view(-1)[pos] for flat positions pos of any shape (index_select: faster than torch.take on the CPU)."
+    return buf.view(-1).index_select(0, pos.reshape(-1)).view(pos.shape)
+
+_WALK = {}
+def _walk_plan(n, bins, depth, cap, device, dtype):
+    "The walk's constants, cached: base bins of class 0, class pitch, per level (top-k?, child offsets, class stride, in hist?), widths."
+    key = (n, bins, depth, cap, str(device), dtype)
+    if key not in _WALK:
+        K, b = _halvings(n), n >> _halvings(n)
+        P, L0 = b * (2 ** K - 1), K - depth
+        in_hist = L0 == K                                               # depth 0: the base bins are the fine cells
+        base = (0 if in_hist else b * (2 ** L0 - 1)) + torch.arange(bins)
+        levels, W, widths = [], bins, [torch.full((bins,), 2.0 ** depth, dtype=dtype)]   # + a non-empty base bin's width
+        for L in range(L0, K if cap else L0):
+            top, W = W > cap, min(W, cap)
+            fine = L + 1 == K                                           # the children are fine cells, in hist
+            pitch, start = (n, 0) if fine else (P, b * (2 ** (L + 1) - 1))
+            # child j of the block at flat position p of class c: 2p + (pitch - 2P) c + start_{L+1} - 2 start_L + j
+            step = (start - 2 * b * (2 ** L - 1) + torch.arange(2))[:, None].to(device)   # (2, 1)
+            levels.append((top, step, pitch - 2 * P, fine))
+            widths.append(torch.full((W,), -2.0 ** (K - L - 1), dtype=dtype))   # - an empty kid's width, if its parent is dense
+            W *= 2
+        w = torch.cat(widths[:1] + widths[1:] * 2)                      # base bins, first kids, second kids
+        _WALK[key] = (base.to(device), n if in_hist else P, in_hist, levels, w.to(device))
+    return _WALK[key]
 
 def _running_width(blocks, hist, rc, bins, depth, tau):
     "(Z, total, thr) of each row's class rc (R,), walking down from the base bins through the heaviest blocks of each level."
-    P, n, dev = blocks.shape[1], hist.shape[1], rc.device
-    K, b = _halvings(n), n >> _halvings(n)
-    L0 = K - depth                                                  # the pyramid level of the base bins
-    base = rc[:, None] * P if L0 < K else rc[:, None] * n - P      # flat position of each row's pyramid (or fine cells)
-    pos = base + (b * (2 ** L0 - 1) + torch.arange(bins, device=dev))   # (R, bins) flat positions of the base bins
-    m = _take(blocks if L0 < K else hist, pos)
+    cap = _dense_cap(tau)
+    base, pitch, in_hist, levels, w = _walk_plan(hist.shape[1], bins, depth, cap, rc.device, hist.dtype)
+    pos = torch.add(base, rc[:, None], alpha=pitch)                 # (R, bins) flat positions of the base bins
+    m = _take(hist if in_hist else blocks, pos)
     tot = m.sum(1)
     thr = (tau * tot)[:, None]                                      # (R, 1) a block is dense when its mass > tau * total
-    Z = torch.count_nonzero(m, 1).to(hist.dtype) * 2.0 ** depth    # in fine cells (integers: exact)
-    cap, parents, kids = _dense_cap(tau), [], []
-    step = (b - rc * P)[:, None, None] + torch.arange(2, device=dev)[:, None]   # child of flat p: 2p + step (R, 2, 1)
-    for L in range(L0, K if cap else L0):
-        if pos.shape[1] > cap:                                      # keep the heaviest: every dense block is among them
+    flags, parents, kids = [m > 0], [], []
+    for top, step, cstride, fine in levels:
+        if top:                                                     # keep the heaviest: every dense block is among them
             m, i = m.topk(cap, 1, sorted=False)
             pos = pos.gather(1, i)
-        if L + 1 == K: step = step + (rc * (n - P) - P)[:, None, None]   # the children are fine cells, in hist
-        pos = torch.add(step, pos[:, None, :], alpha=2)             # (R, 2, W) flat positions of their children
-        c = _take(blocks if L + 1 < K else hist, pos)
+        pos = torch.add(torch.add(step, rc[:, None, None], alpha=cstride), pos[:, None, :], alpha=2)   # (R, 2, W) children
+        c = _take(hist if fine else blocks, pos)
         parents.append(m)
         kids.append(c)
         pos, m = pos.flatten(1), c.flatten(1)
-    if parents:                                                     # a dense parent loses its empty child's width
-        w = _slot_width(tuple((p.shape[1], 2 ** (K - L - 1)) for L, p in zip(range(L0, K), parents)), dev, hist.dtype)
-        Z = Z - ((torch.cat(kids, 2) == 0) & (torch.cat(parents, 1) > thr)[:, None, :]).flatten(1).to(hist.dtype) @ w
+    if kids: flags.append(((torch.cat(kids, 2) == 0) & (torch.cat(parents, 1) > thr)[:, None, :]).flatten(1))
+    Z = torch.cat(flags, 1).to(hist.dtype) @ w                      # in fine cells: integers, exact in float32
     return Z / (bins * 2 ** depth), tot, thr
 
 # %% ../nbs/01_binning.ipynb #362b2bbf
 def running_block_stats(blocks, hist, row_class, cell, bins, depth=0, tau=float('inf'), row_index=None):
     "`block_stats(hist[row_class], ...)` from running block masses `blocks` = dyadic_blocks(hist); also each sample's total."
     n = hist.shape[1]
-    ri = torch.arange(len(cell), device=cell.device) if row_index is None else row_index
     Z, tot, thr = _running_width(blocks, hist, row_class, bins, depth, tau)
-    cls = row_class[ri]
+    cls = row_class
+    if row_index is not None: cls, Z, tot, thr = (x.index_select(0, row_index) for x in (row_class, Z, tot, thr))
     up = _pyramid_index(cls, cell, n, blocks.shape[1], _halvings(n) - depth)             # (B, depth) levels 0..d-1
-    path = torch.cat([_take(blocks, up), _take(hist, cls * n + cell)[:, None]], 1)        # (B, depth+1)
-    mass, level = _first_sparse(path, thr[ri], depth)
-    return mass, level, Z[ri], tot[ri]
+    path = torch.cat([_take(blocks, up), _take(hist, torch.add(cell, cls, alpha=n))[:, None]], 1)   # (B, depth+1)
+    mass, level = _first_sparse(path, thr, depth)
+    return mass, level, Z, tot
 
 # %% ../nbs/01_binning.ipynb #b9e50d3c
+_LEVEL_WIDTH = {}
+def _level_width(bins, depth, device, dtype):
+    "Width of a final block of each level 0..depth, 2**-level / bins (cached: a constant of (bins, depth))."
+    key = (bins, depth, str(device), dtype)
+    if key not in _LEVEL_WIDTH: _LEVEL_WIDTH[key] = ((2.0 ** -torch.arange(depth + 1).to(dtype)) / bins).to(device)
+    return _LEVEL_WIDTH[key]
+
 def density_weights(rows, cell, bins, depth=0, tau=None, normalization='decoupled', widths=None, row_index=None,
                     estimator=None, row_class=None):
     "Intra-category weights w_i = 1/GD_{y_i}(g_i) (URA when depth=0, AURA otherwise); `widths` overrides base-bin widths."
     # estimator, row_class (R,): the estimator `rows` were read from and each row's class; a window or a bank keeps
-    # running block masses, read instead of recomputing them from `rows` (the same values: integer counts)
+    # running block masses, read instead of recomputing them from `rows` (the same values: integer counts); `rows` may
+    # then be None (unless `widths` is given)
     tau = float('inf') if depth == 0 else (1.0 / bins if tau is None else tau)
     ri = torch.arange(len(cell), device=cell.device) if row_index is None else row_index
     if getattr(estimator, 'blocks', None) is not None: mass, level, Z, tot = estimator.block_stats(row_class, cell, bins, depth, tau, ri)
     else: (mass, level, Z), tot = block_stats(rows, cell, bins, depth, tau, ri), None
-    width = (2.0 ** -level.to(rows.dtype)) / bins
+    dt = mass.dtype
+    width = _level_width(bins, depth, mass.device, dt).index_select(0, level)   # 2**-level / bins
     if widths is not None:                                           # non-uniform base bins (depth 0 only)
         width = widths[cell]
-        Z = ((rows > 0).to(rows.dtype) * widths).sum(1)[ri]
-    mass = mass.clamp(min=torch.finfo(rows.dtype).tiny)
+        Z = ((rows > 0).to(dt) * widths).sum(1)[ri]
+    mass = mass.clamp(min=torch.finfo(dt).tiny)
     if normalization == 'decoupled': return width * (rows.sum(1)[ri] if tot is None else tot) / (mass * Z)
     if normalization == 'raw':
         w = width / mass
@@ -220,13 +237,11 @@ def class_bincount(target, num_classes, dtype=torch.long):
     "Per-class counts of a target vector (static shape, no host sync; compile-friendly)."
     return torch.zeros(num_classes, dtype=dtype, device=target.device).index_add_(0, target, torch.ones_like(target, dtype=dtype))
 
-def rank_within_class(target, k):
-    "Position of each sample among the batch's samples of its class, in batch order."
-    order = torch.argsort(target, stable=True)
-    start = k.cumsum(0) - k
-    rank = torch.empty_like(target)
-    rank[order] = torch.arange(len(target), device=target.device) - start[target[order]]
-    return rank
+def rank_within_class(target, k=None):
+    "Position of each sample among the batch's samples of its class, in batch order (`k`, the class counts, is not needed)."
+    st, order = torch.sort(target, stable=True)
+    first = torch.searchsorted(st, st)                              # where each sample's class starts in sorted order
+    return torch.empty_like(target).index_copy_(0, order, torch.arange(len(target), device=target.device) - first)
 
 # %% ../nbs/01_binning.ipynb #d8a0dfdf
 class _SlotHistogram(nn.Module):
@@ -240,19 +255,24 @@ class _SlotHistogram(nn.Module):
             state_dict[prefix + 'blocks'] = dyadic_blocks(state_dict[prefix + 'hist'])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def _add(self, cls, cell, value):
-        "hist[cls, cell] += value, and the same on every block above each cell (one index_add_ each)."
+    def _add(self, ids, value):
+        "hist.view(-1)[ids] += value, ids = class * n_cells + cell, and the same on every block above each cell."
         n = self.hist.shape[1]
-        self.hist.view(-1).index_add_(0, cls * n + cell, value)
-        up = _pyramid_index(cls, cell, n, self.blocks.shape[1])          # (N, K)
-        self.blocks.view(-1).index_add_(0, up.view(-1), value[:, None].expand_as(up).reshape(-1))
+        self.hist.view(-1).index_add_(0, ids, value)
+        cls = ids // n
+        up = _pyramid_index(cls, ids - cls * n, n, self.blocks.shape[1])   # (N, K)
+        self.blocks.view(-1).index_add_(0, up.view(-1), value.repeat_interleave(up.shape[1]))
 
-    def _write(self, target, cell, pos, keep):
-        "Store the kept cells in slots `pos`; returns (class, cell, 0 or -1) of the cells they held, to remove from hist."
-        old, old_cls = self.cells[pos], self.slot_class[pos]     # a slot remembers its class (a bank index may change class)
-        self.cells[pos] = torch.where(keep, cell, torch.full_like(cell, -1))
-        self.slot_class[pos] = torch.where(keep, target, torch.full_like(target, -1))
-        return old_cls.clamp(min=0), old.clamp(min=0), -((old >= 0) & keep).to(self.hist.dtype)
+    def _write(self, target, cell, pos, keep, fixed_class=False):
+        "Store the kept cells in slots `pos`; returns the ids (class * n_cells + cell) of the cells they held and -1 (none: 0)."
+        # fixed_class: a slot only ever holds its class (the window's rings); otherwise (the bank) a slot remembers its
+        # class, since a dataset index may change class
+        n = self.hist.shape[1]
+        old = self.cells.index_select(0, pos)
+        old_cls = target if fixed_class else self.slot_class.index_select(0, pos)
+        self.cells.index_copy_(0, pos, torch.where(keep, cell, -1))   # only the discard slot repeats: it always holds -1,
+        self.slot_class.index_copy_(0, pos, torch.where(keep, target, -1))   # so a slot that held a cell was kept
+        return torch.add(old, old_cls, alpha=n).clamp_(min=0), -(old >= 0).to(self.hist.dtype)
 
     def block_stats(self, row_class, cell, bins, depth=0, tau=float('inf'), row_index=None):
         "`block_stats` of the rows hist[row_class], read from the running block masses; plus each sample's class total."
@@ -277,22 +297,30 @@ class WindowHistogram(_SlotHistogram):
         if key in state_dict: self.overflow = torch.empty_like(state_dict[key])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def _slots(self, target):
+        "Per sample: its rank among the batch's samples of its class, and whether and where (slot) the ring keeps it."
+        k = class_bincount(target, len(self.cap))
+        rank = rank_within_class(target)
+        shift = (k - self.cap).clamp_(min=0)                    # > 0 only if a batch overfills a class's window
+        start = self.ptr - shift                                 # ring position of each class's rank-0 sample
+        per = torch.stack([start, shift, self.cap, self.offset], 1).index_select(0, target)   # (B, 4): one gather
+        keep = rank >= per[:, 1]
+        pos = torch.where(keep, (rank + per[:, 0]).remainder_(per[:, 2]).add_(per[:, 3]), len(self.cells) - 1)
+        return keep, pos, (start + k).remainder_(self.cap)
+
     @torch.no_grad()
     def update(self, target, cell, index=None):
         n = self.hist.shape[1]
-        k = class_bincount(target, len(self.cap))
-        rank = rank_within_class(target, k)
-        shift = (k - self.cap).clamp(min=0)                     # > 0 only if a batch overfills a class's window
-        keep = rank >= shift[target]
-        pos = self.offset[target] + (self.ptr[target] + rank - shift[target]) % self.cap[target]
-        pos = torch.where(keep, pos, torch.full_like(pos, len(self.cells) - 1))
-        old_cls, old, out = self._write(target, cell, pos, keep)
+        keep, pos, ptr = self._slots(target)
+        old, out = self._write(target, cell, pos, keep, fixed_class=True)
         # the window of a class is its last max(n_c, k_c) samples: overflow samples count for this step only
-        gone = self.overflow.clamp(min=0)                        # last step's overflow samples leave
-        self._add(torch.cat([old_cls, gone // n, target]), torch.cat([old, gone % n, cell]),   # every sample counts (slot or
-                  torch.cat([out, -(self.overflow >= 0).to(out.dtype), torch.ones_like(out)]))  # overflow); sums are exact
-        self.overflow = torch.where(keep, torch.full_like(cell, -1), target * n + cell)
-        self.ptr.copy_((self.ptr + k - shift) % self.cap)
+        new, gone = torch.add(cell, target, alpha=n), self.overflow  # last step's overflow samples leave
+        self._add(torch.cat([old, gone.clamp(min=0), new]),           # every sample counts (slot or overflow); sums are exact
+                  torch.cat([out, -(gone >= 0).to(out.dtype), torch.ones_like(out)]))
+        over = torch.where(keep, -1, new)
+        if self.overflow.shape == over.shape: self.overflow.copy_(over)   # in place (a compiled graph keeps its buffers)
+        else: self.overflow = over                               # the first step, or a new batch size
+        self.ptr.copy_(ptr)
 
 # %% ../nbs/01_binning.ipynb #c00527d5
 class BankHistogram(_SlotHistogram):
@@ -313,9 +341,9 @@ class BankHistogram(_SlotHistogram):
         last[:-1] = si[1:] != si[:-1]
         keep = torch.empty_like(last)
         keep[order] = last                                       # a repeated index counts once (its last occurrence)
-        pos = torch.where(keep, index, torch.full_like(index, len(self.cells) - 1))
-        old_cls, old, out = self._write(target, cell, pos, keep)
-        self._add(torch.cat([old_cls, target]), torch.cat([old, cell]), torch.cat([out, keep.to(out.dtype)]))
+        pos = torch.where(keep, index, len(self.cells) - 1)
+        old, out = self._write(target, cell, pos, keep)
+        self._add(torch.cat([old, torch.add(cell, target, alpha=self.hist.shape[1])]), torch.cat([out, keep.to(out.dtype)]))
 
 # %% ../nbs/01_binning.ipynb #c5c0199d
 class EMAHistogram(nn.Module):
@@ -336,8 +364,8 @@ class EMAHistogram(nn.Module):
         first = torch.full((self.hist.shape[0],), B, device=target.device).scatter_reduce(
             0, target, torch.arange(B, device=target.device), 'amin')
         slot = first[target]                                     # one row per class present, at its first sample
-        bh = torch.zeros(B, self.hist.shape[1], device=target.device).index_put_(
-            (slot, cell), torch.ones(B, device=target.device), accumulate=True)
+        n = self.hist.shape[1]
+        bh = torch.zeros(B * n, device=target.device).index_add_(0, slot * n + cell, torch.ones(B, device=target.device)).view(B, n)
         self.hist[target] = a * self.hist[target] + (1 - a) * bh[slot]   # duplicates write identical rows
 
 # %% ../nbs/01_binning.ipynb #d7f231c4
