@@ -86,7 +86,7 @@ class LTLoss(nn.Module):
         if target.shape[0] != logits.shape[0]: raise ValueError(f"{name}: batch sizes differ: logits has {logits.shape[0]} rows, target {target.shape[0]}")
         if logits.shape[1] != self.num_classes: raise ValueError(f"{name}: logits have {logits.shape[1]} classes but class_counts has {self.num_classes} entries")
         if target.device.type == 'cpu' and not torch.compiler.is_compiling() and target.numel():   # no host sync on accelerators
-            lo, hi = int(target.min()), int(target.max())
+            lo, hi = (int(v) for v in torch.aminmax(target))
             if lo < 0 or hi >= self.num_classes: raise ValueError(f"{name}: target out of range: values must lie in [0, {self.num_classes - 1}], got [{lo}, {hi}]")
         z = logits if logits.dtype == torch.float64 else logits.float()
         return z, target.long()
@@ -96,7 +96,9 @@ class LTLoss(nn.Module):
         if self.update_stats is not None: return bool(self.update_stats)
         if not (self.training and torch.is_grad_enabled()): return False
         if logits.device.type != 'cpu' or torch.compiler.is_compiling(): return True   # no host sync on accelerators
-        return bool(torch.isfinite(logits.sum(dtype=torch.float64)))   # one reduction: non-finite anywhere -> inf or nan
+        if torch.isfinite(logits.sum()): return True    # one cheap reduction: non-finite anywhere makes it inf or nan,
+        lo, hi = torch.aminmax(logits)                  # but so may an overflow of finite logits: the extremes decide
+        return bool(torch.isfinite(lo) & torch.isfinite(hi))
 
     def __call__(self, logits, target, index=None):
         if torch.is_tensor(logits) and logits.dim() == 2 and logits.shape[0] == 0:   # an empty batch: 0, state untouched

@@ -38,7 +38,7 @@ class IntraStats(NamedTuple):
     weights: torch.Tensor        # (B,) w_i
     labels: torch.Tensor         # (N,) classes of the batch on all ranks (N = B without DDP)
     cells: torch.Tensor          # (N,) their cells
-    rows: torch.Tensor           # (R, n_cells) the histogram rows the weights were read from
+    rows: torch.Tensor|None      # (R, n_cells) the histogram rows the weights were read from (None: from running blocks)
     row_index: torch.Tensor|None # (N,) row of `rows` of each sample (None: row i belongs to sample i)
 
 # %% ../nbs/00d_ours.ipynb #5e5c86f2
@@ -66,6 +66,7 @@ class OursLoss(LTLoss):
         self.normalization = 'decoupled'    # weights average 1 inside each category
         self.n_cells = bins * 2 ** self.depth
         self.estimator = ESTIMATORS[estimator](self.class_counts, self.n_cells, momentum=momentum)
+        self.register_buffer('log_counts', self.counts1.log(), persistent=False)   # log S_c of the margins, once
         self.last_weights = self.last_g = None
 
     def _check_paper_hparams(self, gamma, bins, binning, binnings, estimator, momentum, aura_depth, aura_tau):
@@ -92,7 +93,7 @@ class OursLoss(LTLoss):
 @patch
 def log_s(self: OursLoss):
     "(C,) log class sizes S_c of the margins: the static training counts."
-    return self.counts1.log()
+    return self.log_counts
 
 @patch
 def grad_norm(self: OursLoss, z, z_adj, y, ce):
@@ -101,11 +102,12 @@ def grad_norm(self: OursLoss, z, z_adj, y, ce):
 
 @patch
 def _class_rows(self: OursLoss, ya):
-    "The histogram rows of the classes in the batch, each sample's row, and each row's class."
+    "The histogram rows of the classes in the batch (None when the weights read running blocks), each sample's row, each row's class."
     if ya.device.type == 'cpu' and not torch.compiler.is_compiling():
         uy, ri = torch.unique(ya, return_inverse=True)        # each class's row once (no sync on the CPU)
     else: uy, ri = ya, None                                    # accelerators: one row per sample, no host sync
-    return self.estimator.hist.index_select(0, uy), ri, uy
+    running = getattr(self.estimator, 'blocks', None) is not None and self.bin_widths() is None
+    return (None if running else self.estimator.hist.index_select(0, uy)), ri, uy   # (R, n_cells): R x n_cells copied
 
 @patch
 @torch.no_grad()
@@ -113,8 +115,8 @@ def intra_stats(self: OursLoss, z, z_adj, y, index, ce) -> IntraStats:
     "Update the per-category histograms with this batch and read each sample's weight w = 1/GD."
     g = self.grad_norm(z, z_adj, y, ce)
     cell = fine_cell(self.bin_coordinate(g), self.n_cells)
-    (ya, ca, ia), off = all_gather_cat(y, cell, index if index is not None else torch.zeros_like(y))
-    self.estimator.update(ya, ca, ia if index is not None else None)
+    (ya, ca, *ia), off = all_gather_cat(y, cell, *(() if index is None else (index,)))   # index: the bank's only
+    self.estimator.update(ya, ca, *ia)
     rows, ri, rc = self._class_rows(ya)
     w = density_weights(rows, ca, self.bins, self.depth, self.tau, self.normalization, self.bin_widths(), row_index=ri,
                         estimator=self.estimator, row_class=rc)    # window, bank: read from their running block masses

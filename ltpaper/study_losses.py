@@ -115,9 +115,8 @@ def update_margin_counts(self: OursStudyLoss, y, stats: IntraStats|None):
     if self.margin_source == 'cumulative':
         self.margin_counts += all_reduce_sum(class_bincount(y, self.num_classes, torch.float32))
     elif stats is not None and self.margin_source == 'density_sample':
-        base = stats.rows.view(len(stats.rows), self.bins, -1).sum(-1)
-        rix = torch.arange(len(stats.labels), device=stats.labels.device) if stats.row_index is None else stats.row_index
-        e = base[rix, stats.cells >> self.depth].clamp(min=1e-12).pow(-self.kappa)
+        base = self.estimator.hist.view(self.num_classes, self.bins, -1)[stats.labels, stats.cells >> self.depth].sum(-1)
+        e = base.clamp(min=1e-12).pow(-self.kappa)               # (N,) mass of each sample's base bin
         self.margin_counts.index_add_(0, stats.labels, e / e.mean())
     elif stats is not None and self.margin_source == 'density_hist':
         F_ = self.estimator.hist.view(self.num_classes, self.bins, -1).sum(-1)
