@@ -265,13 +265,15 @@ class _SlotHistogram(nn.Module):
 
     def _write(self, target, cell, pos, keep, fixed_class=False):
         "Store the kept cells in slots `pos`; returns the ids (class * n_cells + cell) of the cells they held and -1 (none: 0)."
-        # fixed_class: a slot only ever holds its class (the window's rings); otherwise (the bank) a slot remembers its
-        # class, since a dataset index may change class
+        # fixed_class: a slot only ever holds one class, already in `slot_class` (the window's rings); otherwise (the
+        # bank) a slot remembers the class of its last write, since a dataset index may change class
         n = self.hist.shape[1]
         old = self.cells.index_select(0, pos)
-        old_cls = target if fixed_class else self.slot_class.index_select(0, pos)
         self.cells.index_copy_(0, pos, torch.where(keep, cell, -1))   # only the discard slot repeats: it always holds -1,
-        self.slot_class.index_copy_(0, pos, torch.where(keep, target, -1))   # so a slot that held a cell was kept
+        if fixed_class: old_cls = target                                  # so a slot that held a cell was kept
+        else:
+            old_cls = self.slot_class.index_select(0, pos)
+            self.slot_class.index_copy_(0, pos, torch.where(keep, target, -1))
         return torch.add(old, old_cls, alpha=n).clamp_(min=0), -(old >= 0).to(self.hist.dtype)
 
     def block_stats(self, row_class, cell, bins, depth=0, tau=float('inf'), row_index=None):
@@ -288,7 +290,7 @@ class WindowHistogram(_SlotHistogram):
         self.register_buffer('offset', cap.cumsum(0) - cap)
         self.register_buffer('ptr', torch.zeros_like(cap))
         self.register_buffer('cells', torch.full((int(cap.sum()) + 1,), -1, dtype=torch.long))  # last slot: discard
-        self.register_buffer('slot_class', torch.full_like(self.cells, -1))
+        self.register_buffer('slot_class', torch.cat([torch.repeat_interleave(torch.arange(len(cap)), cap), torch.tensor([-1])]))
         self._init_hist(len(cap), n_cells)
         self.register_buffer('overflow', torch.full((0,), -1, dtype=torch.long))  # batch samples beyond a window, counted for one step
 
