@@ -26,7 +26,7 @@ def main(ns):
                    for _ in range(4)]
         for hp in [{}] + ([{'binning': 'ura'}] if ns.with_ura else []):
             eager, comp = build_loss('ours', counts, **hp).to(dev), build_loss('ours', counts, **hp).to(dev)
-            comp.load_state_dict(eager.state_dict()); cfn = torch.compile(comp)
+            comp.load_state_dict(eager.state_dict()); cfn = torch.compile(comp, fullgraph=True)
             tc = time.perf_counter()
             for z, y in batches:                                  # same values, weights and gradients, step by step
                 za, zb = z.clone().requires_grad_(), z.clone().requires_grad_()
