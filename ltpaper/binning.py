@@ -96,71 +96,76 @@ def dyadic_blocks(hist):
     return _block_masses(hist, _halvings(hist.shape[1]))[:, :-hist.shape[1]].contiguous()
 
 _PYRAMID = {}
-def _pyramid_steps(n, device):
-    "Per pyramid level L = 0..K-1: (right shift taking a fine cell to its block, position of the level's block 0)."
-    key = (n, str(device))
+def _pyramid_steps(n, device, first=0):
+    "Per pyramid level L = first..K-1: (right shift taking a fine cell to its block, position of the level's block 0)."
+    key = (n, str(device), first)
     if key not in _PYRAMID:
         K, b = _halvings(n), n >> _halvings(n)
-        L = torch.arange(K)
+        L = torch.arange(first, K)
         _PYRAMID[key] = ((K - L).to(device), (b * (2 ** L - 1)).to(device))
     return _PYRAMID[key]
 
 def _pyramid_index(cls, cell, n, P, first=0):
     "(B, K - first) flat positions, in a (C, P) pyramid buffer, of the blocks of levels first.. holding each (class, fine cell)."
-    shift, start = _pyramid_steps(n, cell.device)
-    return torch.add(start[first:] + (cell[:, None] >> shift[first:]), cls[:, None], alpha=P)
+    shift, start = _pyramid_steps(n, cell.device, first)
+    return torch.add(start, cell.unsqueeze(1) >> shift, alpha=1).add_(cls.unsqueeze(1), alpha=P)
 
 # %% ../nbs/01_binning.ipynb #a4ff31c6
 def _dense_cap(tau):
     "Most blocks of one level that can each hold more than tau of the total (with a margin for float rounding)."
     return 0 if tau >= 1 else math.floor(1 / (tau * (1 - 2 ** -20)))
 
-def _take(buf, pos):
-    "buf.view(-1)[pos] for flat positions pos of any shape (index_select: faster than torch.take on the CPU)."
-    return buf.view(-1).index_select(0, pos.reshape(-1)).view(pos.shape)
+def _take(flat, pos):
+    "flat[pos] for flat positions pos of any (contiguous) shape (index_select: faster than torch.take on the CPU)."
+    return flat.index_select(0, pos.view(-1)).view(pos.shape)
 
 _WALK = {}
 def _walk_plan(n, bins, depth, cap, device, dtype):
-    "The walk's constants, cached: base bins of class 0, class pitch, per level (top-k?, child offsets, class stride, in hist?), widths."
+    "The walk's constants, cached: base bins of class 0 and class pitch, per level (top-k?, in hist?), child offsets, widths."
     key = (n, bins, depth, cap, str(device), dtype)
     if key not in _WALK:
         K, b = _halvings(n), n >> _halvings(n)
         P, L0 = b * (2 ** K - 1), K - depth
         in_hist = L0 == K                                               # depth 0: the base bins are the fine cells
         base = (0 if in_hist else b * (2 ** L0 - 1)) + torch.arange(bins)
-        levels, W, widths = [], bins, [torch.full((bins,), 2.0 ** depth, dtype=dtype)]   # + a non-empty base bin's width
+        levels, steps, strides, W = [], [], [], bins
+        widths = [torch.full((bins,), 2.0 ** depth, dtype=dtype)]       # + the width of a non-empty base bin
         for L in range(L0, K if cap else L0):
             top, W = W > cap, min(W, cap)
             fine = L + 1 == K                                           # the children are fine cells, in hist
             pitch, start = (n, 0) if fine else (P, b * (2 ** (L + 1) - 1))
             # child j of the block at flat position p of class c: 2p + (pitch - 2P) c + start_{L+1} - 2 start_L + j
-            step = (start - 2 * b * (2 ** L - 1) + torch.arange(2))[:, None].to(device)   # (2, 1)
-            levels.append((top, step, pitch - 2 * P, fine))
-            widths.append(torch.full((W,), -2.0 ** (K - L - 1), dtype=dtype))   # - an empty kid's width, if its parent is dense
+            steps.append(start - 2 * b * (2 ** L - 1) + torch.arange(2))
+            strides.append(pitch - 2 * P)
+            levels.append((top, fine))
+            widths.append(torch.full((2 * W,), -2.0 ** (K - L - 1), dtype=dtype))   # - an empty kid's width (dense parent)
             W *= 2
-        w = torch.cat(widths[:1] + widths[1:] * 2)                      # base bins, first kids, second kids
-        _WALK[key] = (base.to(device), n if in_hist else P, in_hist, levels, w.to(device))
+        step = torch.stack(steps)[:, None, None, :].to(device) if steps else None   # (levels, 1, 1, 2)
+        stride = torch.tensor(strides)[:, None, None, None].to(device) if steps else None
+        _WALK[key] = (base.to(device), n if in_hist else P, in_hist, levels, step, stride, torch.cat(widths).to(device))
     return _WALK[key]
 
 def _running_width(blocks, hist, rc, bins, depth, tau):
     "(Z, total, thr) of each row's class rc (R,), walking down from the base bins through the heaviest blocks of each level."
     cap = _dense_cap(tau)
-    base, pitch, in_hist, levels, w = _walk_plan(hist.shape[1], bins, depth, cap, rc.device, hist.dtype)
-    pos = torch.add(base, rc[:, None], alpha=pitch)                 # (R, bins) flat positions of the base bins
-    m = _take(hist if in_hist else blocks, pos)
+    base, pitch, in_hist, levels, step, stride, w = _walk_plan(hist.shape[1], bins, depth, cap, rc.device, hist.dtype)
+    hflat, bflat = hist.view(-1), blocks.view(-1)
+    pos = torch.add(base, rc.unsqueeze(1), alpha=pitch)             # (R, bins) flat positions of the base bins
+    m = _take(hflat if in_hist else bflat, pos)
     tot = m.sum(1)
-    thr = (tau * tot)[:, None]                                      # (R, 1) a block is dense when its mass > tau * total
+    thr = (tau * tot).unsqueeze(1)                                  # (R, 1) a block is dense when its mass > tau * total
     flags, parents, kids = [m > 0], [], []
-    for top, step, cstride, fine in levels:
+    if levels: offs = torch.addcmul(step, stride, rc.view(1, -1, 1, 1))   # (levels, R, 1, 2) offsets of the children
+    for (top, fine), off in zip(levels, offs if levels else ()):
         if top:                                                     # keep the heaviest: every dense block is among them
             m, i = m.topk(cap, 1, sorted=False)
             pos = pos.gather(1, i)
-        pos = torch.add(torch.add(step, rc[:, None, None], alpha=cstride), pos[:, None, :], alpha=2)   # (R, 2, W) children
-        c = _take(hist if fine else blocks, pos)
+        pos = torch.add(off, pos.unsqueeze(2), alpha=2)             # (R, W, 2) the two children of each block
+        c = _take(hflat if fine else bflat, pos)
         parents.append(m)
         kids.append(c)
         pos, m = pos.flatten(1), c.flatten(1)
-    if kids: flags.append(((torch.cat(kids, 2) == 0) & (torch.cat(parents, 1) > thr)[:, None, :]).flatten(1))
+    if kids: flags.append(((torch.cat(kids, 1) == 0) & (torch.cat(parents, 1) > thr).unsqueeze(2)).flatten(1))
     Z = torch.cat(flags, 1).to(hist.dtype) @ w                      # in fine cells: integers, exact in float32
     return Z / (bins * 2 ** depth), tot, thr
 
@@ -172,7 +177,7 @@ def running_block_stats(blocks, hist, row_class, cell, bins, depth=0, tau=float(
     cls = row_class
     if row_index is not None: cls, Z, tot, thr = (x.index_select(0, row_index) for x in (row_class, Z, tot, thr))
     up = _pyramid_index(cls, cell, n, blocks.shape[1], _halvings(n) - depth)             # (B, depth) levels 0..d-1
-    path = torch.cat([_take(blocks, up), _take(hist, torch.add(cell, cls, alpha=n))[:, None]], 1)   # (B, depth+1)
+    path = torch.cat([_take(blocks.view(-1), up), _take(hist.view(-1), torch.add(cell, cls, alpha=n)).unsqueeze(1)], 1)
     mass, level = _first_sparse(path, thr, depth)
     return mass, level, Z, tot
 
@@ -305,9 +310,9 @@ class WindowHistogram(_SlotHistogram):
         rank = rank_within_class(target)
         shift = (k - self.cap).clamp_(min=0)                    # > 0 only if a batch overfills a class's window
         start = self.ptr - shift                                 # ring position of each class's rank-0 sample
-        per = torch.stack([start, shift, self.cap, self.offset], 1).index_select(0, target)   # (B, 4): one gather
-        keep = rank >= per[:, 1]
-        pos = torch.where(keep, (rank + per[:, 0]).remainder_(per[:, 2]).add_(per[:, 3]), len(self.cells) - 1)
+        start_t, shift_t, cap_t, offset_t = torch.stack([start, shift, self.cap, self.offset]).index_select(1, target)
+        keep = rank >= shift_t
+        pos = torch.where(keep, (rank + start_t).remainder_(cap_t).add_(offset_t), len(self.cells) - 1)
         return keep, pos, (start + k).remainder_(self.cap)
 
     @torch.no_grad()
