@@ -70,7 +70,7 @@ def time_fn(fn, repeats, device, clock='wall'):
     return statistics.median(ts)
 
 def time_pairs(base, fn, repeats, device, clock='wall'):
-    "Interleaved pairs (base step, fn step; the order alternates): median ms of each and the median of the per-pair ratios."
+    "Interleaved pairs (base step, fn step; the order alternates): median ms of each, the median and the quartiles of the per-pair ratios."
     for _ in range(3): base(); fn()
     tb, tf = [], []
     now = CLOCKS[clock]
@@ -81,7 +81,9 @@ def time_pairs(base, fn, repeats, device, clock='wall'):
         ts.append((now() - t) * 1e3)
     for i in range(repeats):
         for f, ts in ((base, tb), (fn, tf)) if i % 2 == 0 else ((fn, tf), (base, tb)): once(f, ts)
-    return statistics.median(tb), statistics.median(tf), statistics.median(b / a for a, b in zip(tb, tf))
+    ratios = [b / a for a, b in zip(tb, tf)]
+    q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+    return statistics.median(tb), statistics.median(tf), statistics.median(ratios), (q1, q3)
 
 def bench(classes, batch, repeats, device, names, clock='wall'):
     rows = []
@@ -101,12 +103,12 @@ def bench(classes, batch, repeats, device, names, clock='wall'):
             loss = build_loss(name, counts, **hp).to(device)
             def fb():
                 logits.grad = None; loss(logits, target).backward()
-            base_ms, ms, ratio = time_pairs(ce, fb, repeats, device, clock)   # the baseline next to each loss (noisy machines)
+            base_ms, ms, ratio, (q1, q3) = time_pairs(ce, fb, repeats, device, clock)   # the baseline next to each loss (noisy machines)
             mem = peak_cpu_kb_fresh(name, hp, C, batch) if mem_on else None
             label = _label(name, hp)
-            rows.append(dict(C=C, loss=label, ms=ms, ratio=ratio, ce_ms=base_ms, peak_kb=mem,
+            rows.append(dict(C=C, loss=label, ms=ms, ratio=ratio, ratio_q1=q1, ratio_q3=q3, ce_ms=base_ms, peak_kb=mem,
                              mem_ratio=(mem / base_mem) if (mem is not None and base_mem) else None))
-            print(f"C={C:5d} {label:40s} {ms:8.3f} ms  x{ratio:6.2f} CE" + (f"  peak +{mem/1024:.1f} MiB (x{rows[-1]['mem_ratio']:.2f} CE)" if mem is not None and base_mem else ''), flush=True)
+            print(f"C={C:5d} {label:40s} {ms:8.3f} ms  x{ratio:6.2f} CE [{q1:.2f}-{q3:.2f}]" + (f"  peak +{mem/1024:.1f} MiB (x{rows[-1]['mem_ratio']:.2f} CE)" if mem is not None and base_mem else ''), flush=True)
     return rows
 
 def _label(name, hp): return name + ('' if not hp else '(' + ','.join(f'{k}={v}' for k, v in hp.items()) + ')')
@@ -122,10 +124,11 @@ def to_markdown(rows, meta):
                    for k, w in (('load_avg_start', 'start'), ('load_avg_end', 'end')) if meta.get(k))
     lines = [f"Loss forward+backward, B={meta['batch']}, device {meta['device']} ({meta['machine']}, {meta['threads']} thread(s){load}), "
              f"median of {meta['repeats']} ({meta.get('clock', 'wall')} clock); ratio = median over interleaved pairs of "
-             "time / F.cross_entropy in the same process.", '',
-             '| C | loss | ms | x CE | peak mem x CE |', '|---|---|---|---|---|']
+             "time / F.cross_entropy in the same process (x CE), with the quartiles of the per-pair ratios.", '',
+             '| C | loss | ms | x CE | x CE quartiles | peak mem x CE |', '|---|---|---|---|---|---|']
     for r in rows:
-        lines.append(f"| {r['C']} | {r['loss']} | {r['ms']:.3f} | {r['ratio']:.2f} | {_fmt(r['mem_ratio'])} |")
+        iqr = f"{r['ratio_q1']:.2f}-{r['ratio_q3']:.2f}" if 'ratio_q1' in r else ''
+        lines.append(f"| {r['C']} | {r['loss']} | {r['ms']:.3f} | {r['ratio']:.2f} | {iqr} | {_fmt(r['mem_ratio'])} |")
     return '\n'.join(lines) + '\n'
 
 def main(argv=None):
