@@ -26,6 +26,7 @@ from .models import build_model
 from .record import WeightMonitor, monitors_weights, _now, _provenance
 from .run_data import _build_data
 from .settings import get_settings, resolve_device
+from .step import TrainStep, describe_step, fast_epoch
 
 # %% ../nbs/04_train.ipynb #2efebec0
 def lr_at(epoch: int,  # 0-based epoch index
@@ -159,6 +160,7 @@ class _Run:
     opt: torch.optim.Optimizer
     step_model: nn.Module    # what training runs through (DDP / compiled)
     eval_model: nn.Module
+    step: TrainStep|None = None   # the compiled training step (TrainConfig.step), built after a resume by `_fast_step`
 
 def _build_run(c: TrainConfig, device: torch.device, rank: int, world: int, h: str, ckpt_path: Path) -> _Run:
     "Data, then the run's randomness from the seed, then model, loss and optimizer."
@@ -184,6 +186,15 @@ def _build_run(c: TrainConfig, device: torch.device, rank: int, world: int, h: s
     eval_model = torch.compile(model) if c.compile else model
     return _Run(c, device, rank, world, h, ckpt_path, train_set, test_set, val_set, counts, train_loader, test_loader,
                 val_loader, groups, model, loss_fn, opt, step_model, eval_model)
+
+def _fast_step(r: _Run) -> TrainStep|None:
+    "The run's compiled training step, or None for the eager loop; built on the (possibly loaded) optimizer state."
+    c = r.c
+    if c.step == 'eager':
+        return None
+    if r.world > 1:
+        raise ValueError(f"TrainConfig.step={c.step!r}: the compiled step runs in one process; use step='eager' under torchrun")
+    return TrainStep(r.model, r.loss_fn, r.opt, c.grad_clip, c.amp, c.channels_last, r.train_loader.batch_size, c.step)
 
 def _fresh_state(started: str) -> dict:
     "What a checkpoint carries besides weights: progress, history, best/last records, timings."
@@ -222,8 +233,7 @@ def _train_epoch(r: _Run, epoch: int, tty: bool, set_progress, sync_every: int) 
                 disable=not tty)
     monitor = WeightMonitor(r.train_set.num_classes, r.device) if monitors_weights(r.loss_fn, c.loss) else None
     try:
-        train_loss, n_epoch, train_top1 = train_one_epoch(r.step_model, r.model, r.train_loader, r.loss_fn, r.opt, c,
-                                              sync_every=sync_every, bar=bbar, monitor=monitor)
+        train_loss, n_epoch, train_top1 = _epoch_pass(r, lr, sync_every, bbar, monitor)
     except NonFiniteLossError as e:
         last_good = r.ckpt_path if r.ckpt_path.exists() else 'none (first epoch)'
         raise NonFiniteLossError(f"non-finite training loss at epoch {epoch + 1}/{c.epochs}, {e} (lr {lr:g}); the last good "
@@ -231,6 +241,17 @@ def _train_epoch(r: _Run, epoch: int, tty: bool, set_progress, sync_every: int) 
     finally:
         bbar.close()
     return train_loss, n_epoch, train_top1, lr, monitor
+
+def _epoch_pass(r: _Run, lr: float, sync_every: int, bar, monitor) -> tuple:
+    "(mean loss, images, train top-1 %) of one pass: the eager loop, or the compiled step, which checks the loss once."
+    if r.step is None:
+        return train_one_epoch(r.step_model, r.model, r.train_loader, r.loss_fn, r.opt, r.c, sync_every=sync_every, bar=bar,
+                               monitor=monitor)
+    r.step.set_lr(lr)
+    train_loss, n_epoch, train_top1, bad = fast_epoch(r.step, r.train_loader, bar=bar, monitor=monitor)
+    if bad >= 0:
+        raise NonFiniteLossError(f"step {bad + 1}/{len(r.train_loader)}")
+    return train_loss, n_epoch, train_top1
 
 def _evaluate_epoch(r: _Run, st: dict, epoch: int) -> tuple:
     "(test record, val record), each None when this epoch is not evaluated; updates last/best in `st`."
@@ -310,7 +331,8 @@ def _metrics_record(r: _Run, st: dict) -> dict:
                 last=st['last'], best=st['best'], val=st['val'], history=st['history'],
                 class_counts=r.counts, num_train=len(r.train_set), num_test=len(r.test_set),
                 wall_time_s=st['wall_time_s'], images_per_s=st['images_seen'] / max(st['train_time_s'], 1e-9),
-                provenance=_provenance(r.device, st['started'], getattr(r.train_set, 'data_dir', None)))
+                provenance=dict(_provenance(r.device, st['started'], getattr(r.train_set, 'data_dir', None)),
+                                step=describe_step(c.step, r.device)))
 
 def _train(c: TrainConfig, device: torch.device, rank: int, world: int) -> dict:
     t_start, started = time.perf_counter(), _now()
@@ -324,6 +346,7 @@ def _train(c: TrainConfig, device: torch.device, rank: int, world: int) -> dict:
     st = _fresh_state(started)
     if c.resume and ckpt_path.exists():
         _resume_from(r, st)
+    r.step = _fast_step(r)
     t_setup = time.perf_counter() - t_start     # setup time of this (possibly resumed) session
     _run_epochs(r, st, t_setup)
     metrics = _metrics_record(r, st)
