@@ -493,6 +493,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'ltpaper.verify._judge': ('verify.html#_judge', 'ltpaper/verify.py'),
                                 'ltpaper.verify._line': ('verify.html#_line', 'ltpaper/verify.py'),
                                 'ltpaper.verify._needs_gpu': ('verify.html#_needs_gpu', 'ltpaper/verify.py'),
+                                'ltpaper.verify._recorded_step': ('verify.html#_recorded_step', 'ltpaper/verify.py'),
                                 'ltpaper.verify._rerun': ('verify.html#_rerun', 'ltpaper/verify.py'),
                                 'ltpaper.verify.compare_records': ('verify.html#compare_records', 'ltpaper/verify.py'),
                                 'ltpaper.verify.explain': ('verify.html#explain', 'ltpaper/verify.py'),

@@ -60,6 +60,8 @@ def _rerun(cfg: dict) -> dict:
 
 def _needs_gpu(rec) -> bool: return str(rec.get('provenance', {}).get('device', 'cpu')).lower() != 'cpu'
 
+def _recorded_step(rec) -> str: return (rec.get('config') or {}).get('step', 'eager')   # how the committed run stepped
+
 def select_jobs(table, profile=None, rows=None, seeds=None, sample=None, sample_seed=0, results_root=None):
     "The committed (done) jobs to verify, or a seeded random sample of `sample` of them; and the others with their state."
     jobs = plan_jobs(table, profile, rows, seeds, results_root=results_root)
@@ -76,9 +78,9 @@ def verify(table, profile=None, rows=None, seeds=None, sample=None, sample_seed=
     todo, skipped = select_jobs(table, profile, rows, seeds, sample, sample_seed, results_root)
     report = [dict(row=j.row, seed=j.seed, result=st, note='nothing committed to compare with') for j, st in skipped]
     with tempfile.TemporaryDirectory(prefix='ltpaper-verify-') as tmp:
-        cfgs = [dict(j.config, out_dir=str(Path(tmp)/j.table/j.row/f'seed{j.seed}'), resume=False, keep_checkpoint=False,
-                     progress=False) for j in todo]
         committed = [read_metrics(Path(j.out_dir)/'metrics.json') for j in todo]
+        cfgs = [dict(j.config, out_dir=str(Path(tmp)/j.table/j.row/f'seed{j.seed}'), resume=False, keep_checkpoint=False,
+                     progress=False, step=_recorded_step(old)) for j, old in zip(todo, committed)]
         with ProcessPoolExecutor(max(1, jobs), mp_context=get_context('spawn')) as pool:
             for j, old, new in zip(todo, committed, pool.map(_rerun, cfgs)):
                 report.append(_judge(j, old, new, gpu_tol))
