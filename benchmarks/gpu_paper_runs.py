@@ -11,6 +11,12 @@ continues it exactly (`--resume-from DIR`, the folder of the earlier call's fetc
 the runs, the CUDA checks of the notebooks' gpu cells (benchmarks/gpu_cells.py) and a short loss-speed benchmark
 run too.
 
+Each run trains with `--step` (`TrainConfig.step`, a run-control field: the config hash, and so the installed
+run's id, is the same in every mode; the mode is recorded in the run's config and provenance). The default is
+`compiled`: the whole training step as one compiled graph replayed as a CUDA graph (nbs/04f_step.ipynb). Before the
+runs, `benchmarks/step_speed.py` times eager vs compiled steps of ResNet-32 for softmax and ours (at most
+--step-speed-s seconds of the window, counted in the deadline; 0 skips it).
+
 Default rows: `budget`, the IF-100 rows of the budget comparison (the `mid` profile's rows in configs/fmnist_lt.yaml:
 Softmax, Seesaw, R, A+U, R+A+U, R+A+AU as the paper reads it, ours_tuned, R with S = sum F^beta), seeds 0,1,2.
 
@@ -19,7 +25,7 @@ results/paper/runs/fmnist_lt/<row>/seed<s>/, where `ltpaper status fmnist_lt --p
 
 Usage:
   python benchmarks/gpu_paper_runs.py --out DIR [--rows budget|GLOBS] [--seeds 0,1,2] [--parallel 12] [--redo]
-         [--deadline-s 420] [--resume-from DIR] [--data-root .fmnist]
+         [--deadline-s 420] [--resume-from DIR] [--data-root .fmnist] [--step compiled|eager] [--step-speed-s 150]
          [--epochs N  (a trial on fewer epochs: NOT the paper profile)] [--dry-run  (print the plan, run nothing)]
   python benchmarks/gpu_paper_runs.py --install DIR
 """
@@ -37,8 +43,8 @@ def budget_rows() -> str:
     from ltpaper.tables import load_table
     return ','.join(load_table('fmnist_lt')['profiles']['mid']['rows'])
 
-def plan(rows, seeds, results_root, device, data_root, epochs=None):
-    "The paper-profile jobs of `rows` x `seeds`, seed-major; `epochs` makes a trial (another config hash)."
+def plan(rows, seeds, results_root, device, data_root, epochs=None, step='compiled'):
+    "The paper-profile jobs of `rows` x `seeds`, seed-major, trained with `step`; `epochs` makes a trial (another config hash)."
     from ltpaper.config import config_hash
     from ltpaper.runs import plan_jobs
     rows = budget_rows() if rows == 'budget' else rows
@@ -46,7 +52,7 @@ def plan(rows, seeds, results_root, device, data_root, epochs=None):
     jobs = plan_jobs('fmnist_lt', 'paper', rows=rows, seeds=seeds, results_root=results_root, device=device)
     jobs.sort(key=lambda j: seeds.index(j.seed))      # stable: rows keep the table's order within a seed
     for j in jobs:
-        j.config.update(data_root=str(data_root), progress=True, resume=False, num_workers=0)   # progress: one line per epoch in the log
+        j.config.update(data_root=str(data_root), progress=True, resume=False, num_workers=0, step=step)   # progress: a line per epoch
         if epochs:   # a trial: fewer epochs, milestones scaled (a different config hash: never installed as paper runs)
             E = j.config['epochs']; j.config['epochs'] = epochs
             j.config['milestones'] = sorted({max(1, min(epochs - 1, round(m * epochs / E))) for m in j.config['milestones']})[:len(j.config['lr_decay'])]
@@ -73,10 +79,12 @@ def run(ns):
     device = 'cuda' if gpu else 'cpu'
     if ns.require_gpu and not gpu: sys.exit("gpu_paper_runs.py: no CUDA device visible; run it on a GPU machine (or pass --no-require-gpu for a CPU trial)")
     work = Path(tempfile.mkdtemp(prefix='gpu_paper_'))
-    jobs, skipped = to_run(plan(ns.rows, parse_seeds(ns.seeds), work, device, Path(ns.data_root).resolve(), ns.epochs), ns.redo or bool(ns.epochs))
+    jobs, skipped = to_run(plan(ns.rows, parse_seeds(ns.seeds), work, device, Path(ns.data_root).resolve(), ns.epochs, ns.step),
+                           ns.redo or bool(ns.epochs))
     log = open(out/'gpu_paper_runs.log', 'w')
     summary = dict(gpu=gpu, torch=torch.__version__, commit=ns.commit, rows=[], deadline_s=ns.deadline_s, trial_epochs=ns.epochs,
-                   parallel=ns.parallel, already_committed=[_name(j) for j in skipped])
+                   parallel=ns.parallel, step=ns.step, already_committed=[_name(j) for j in skipped])
+    summary['step_speed'] = step_speed(out, ns.step_speed_s if gpu else 0)    # first: eager vs compiled steps, same process
     queue, procs, done = list(jobs), [], {}
     while queue or len(done) < len(procs):
         while queue and len(procs) - len(done) < ns.parallel and time.time() - t0 < ns.deadline_s:
@@ -113,6 +121,15 @@ def run(ns):
     print(json.dumps(summary, indent=1))
     return summary
 
+def step_speed(out, seconds) -> dict|str:
+    "benchmarks/step_speed.py on the GPU (eager vs compiled ResNet-32 steps, softmax and ours) in at most `seconds`."
+    if seconds <= 0: return 'skipped'
+    cmd = [sys.executable, str(ROOT/'benchmarks'/'step_speed.py'), '--device', 'cuda', '--out', str(out/'step_speed_gpu.json')]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        return dict(rc=r.returncode, tail=(r.stdout + r.stderr)[-3000:])
+    except subprocess.TimeoutExpired: return f'timed out after {seconds:.0f} s'
+
 def start(j, work, ns, log, gpu):
     "Start one run as its own process (continuing from a fetched partial checkpoint when --resume-from has one)."
     part = Path(ns.resume_from or '/nonexistent')/'partial'/f'{_name(j)}.pt'
@@ -145,9 +162,10 @@ def collect(j, rc, wall, work, out, log) -> dict:
 
 def dry_run(ns):
     "The plan without running: the runs in their order, and the runs left out because they are committed."
-    jobs, skipped = to_run(plan(ns.rows, parse_seeds(ns.seeds), tempfile.gettempdir(), 'cuda', ns.data_root, ns.epochs),
+    jobs, skipped = to_run(plan(ns.rows, parse_seeds(ns.seeds), tempfile.gettempdir(), 'cuda', ns.data_root, ns.epochs, ns.step),
                            ns.redo or bool(ns.epochs))
-    for j in jobs: print(f"run  {_name(j)} [{j.config_hash}] epochs={j.config['epochs']} model={j.config['model']}")
+    print(f"step speed: {'benchmarks/step_speed.py first, at most %.0f s' % ns.step_speed_s if ns.step_speed_s > 0 else 'skipped'}")
+    for j in jobs: print(f"run  {_name(j)} [{j.config_hash}] epochs={j.config['epochs']} model={j.config['model']} step={j.config['step']}")
     for j in skipped: print(f"have {_name(j)} [{j.config_hash}] (committed under results/paper)")
     print(f"{len(jobs)} to run, {len(skipped)} committed, at most {ns.parallel} at once, deadline {ns.deadline_s:.0f} s")
 
@@ -183,6 +201,9 @@ if __name__ == '__main__':
     ap.add_argument('--data-root', default='.fmnist', help='holds FashionMNIST/raw/*.gz (or Debian\'s package is installed)')
     ap.add_argument('--threads', type=int, default=4, help='CPU threads per run')
     ap.add_argument('--epochs', type=int, default=None, help='a trial with fewer epochs (not the paper profile)')
+    ap.add_argument('--step', default='compiled', choices=['compiled', 'eager'],
+                    help="TrainConfig.step of every run: compiled (one graph, CUDA graphs) or eager (the loop); not part of the run's id")
+    ap.add_argument('--step-speed-s', type=float, default=150, help='seconds for benchmarks/step_speed.py before the runs (0: skip)')
     ap.add_argument('--commit', default=None, help='the git commit of this tree, recorded in the summary (the device copy has no .git)')
     ap.add_argument('--no-require-gpu', dest='require_gpu', action='store_false')
     ap.add_argument('--install', metavar='DIR', help='copy fetched metrics files from DIR into results/paper/runs')

@@ -98,7 +98,8 @@ def _small(g, monkeypatch):
 def _ns(tmp_path, **kw):
     import argparse
     base = dict(out=str(tmp_path / 'out'), rows='softmax-if100,seesaw-if100', seeds='0,1', parallel=2, redo=False, deadline_s=600,
-                extra_s=0, resume_from=None, data_root='.fmnist', threads=1, epochs=1, commit=None, require_gpu=False, dry_run=False)
+                extra_s=0, resume_from=None, data_root='.fmnist', threads=1, epochs=1, commit=None, require_gpu=False, dry_run=False,
+                step='eager', step_speed_s=0)
     return argparse.Namespace(**{**base, **kw})
 
 def test_gpu_paper_runs_default_plan_is_the_budget_rows_seed_major():
@@ -138,3 +139,43 @@ def test_gpu_paper_runs_queues_runs_and_keeps_stopped_ones_for_the_next_window(t
     _, p, lf, _ = g.start(j2, tmp_path / 'w2', _ns(tmp_path, resume_from=str(out)), open(os.devnull, 'w'), None)
     p.wait(120); lf.close()
     assert j2.config['resume'] is True and (Path(j2.out_dir) / 'checkpoint.pt').read_bytes() == b'ck'
+
+
+def test_gpu_paper_runs_step_mode_goes_into_each_config_not_into_its_id():
+    sys.path.insert(0, str(ROOT / 'benchmarks'))
+    import gpu_paper_runs as g
+    rows = 'softmax-if100,ours-if100'
+    fast, eager = g.plan(rows, [0], '/tmp/x', 'cuda', '.fmnist'), g.plan(rows, [0], '/tmp/x', 'cuda', '.fmnist', step='eager')
+    assert [j.config['step'] for j in fast] == ['compiled'] * 2 and [j.config['step'] for j in eager] == ['eager'] * 2
+    assert [j.config_hash for j in fast] == [j.config_hash for j in eager]              # the same runs, installable either way
+    r = subprocess.run([sys.executable, str(GPR), '--dry-run', '--rows', rows, '--seeds', '0', '--redo', '--step', 'eager',
+                        '--step-speed-s', '0'], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.count('step=eager') == 2 and 'step speed: skipped' in r.stdout, r.stdout + r.stderr
+    assert g.step_speed('/nonexistent', 0) == 'skipped'
+
+def test_step_speed_times_eager_and_compiled_steps(tmp_path):
+    out = tmp_path / 'ss.json'
+    r = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'step_speed.py'), '--device', 'cpu', '--model', 'small_resnet',
+                        '--channels', '1', '--size', '28', '--batch', '16', '--losses', 'softmax,seesaw', '--mode', 'aot_eager',
+                        '--steps', '2', '--rounds', '1', '--out', str(out)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert [row['loss'] for row in res['rows']] == ['softmax', 'seesaw'] and res['compiled'] == 'aot_eager (aot_eager, fullgraph)'
+    assert all(row['eager_ms'] > 0 and row['compiled_ms'] > 0 and row['check_max_abs_dw'] < 1e-5 for row in res['rows'])
+    assert set(res['ratios']) == {'seesaw/softmax eager', 'seesaw/softmax compiled'} and 'speed-up' in out.with_suffix('.md').read_text()
+
+def test_parity_harness_reports_each_row_both_ways(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'parity.py'), '--profile', 'smoke', '--rows', 'softmax-if100,seesaw-if100',
+                        '--seeds', '0', '--epochs', '1', '--limit-train', '200', '--fast', 'aot_eager', '--out', str(tmp_path)],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    doc = json.loads((tmp_path / 'parity.json').read_text())
+    assert [s['row'] for s in doc['summary']] == ['softmax-if100', 'seesaw-if100'] and doc['fast'] == 'aot_eager'
+    assert {(x['row'], x['mode']) for x in doc['runs']} == {(row, m) for row in ('softmax-if100', 'seesaw-if100') for m in ('eager', 'fast')}
+    for row in ('softmax-if100', 'seesaw-if100'):                # both modes of a seed are the same run (one config hash)
+        assert len({x['config_hash'] for x in doc['runs'] if x['row'] == row}) == 1
+    assert {x['step'] for x in doc['runs']} == {'eager', 'aot_eager (aot_eager, fullgraph)'}
+    s = doc['summary'][0]
+    assert s['seeds'] == 1 and s['eager_std'] is None and s['agree'] is None and 0 <= s['eager_mean'] <= 100 and s['max_abs_diff'] >= 0
+    md = (tmp_path / 'parity.md').read_text()
+    assert md.count('\n| ') == 3 and 'n/a (1 seed)' in md and md in r.stdout
