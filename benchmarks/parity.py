@@ -31,8 +31,10 @@ def shorten(cfg: dict, epochs=None, limit_train=None) -> dict:
     cfg = dict(cfg)
     if epochs:
         E = cfg['epochs']
-        ms = sorted({max(1, min(epochs - 1, round(m * epochs / E))) for m in cfg['milestones']})[:len(cfg['lr_decay'])] if epochs > 1 else []
-        cfg.update(epochs=epochs, milestones=ms, lr_decay=cfg['lr_decay'][:len(ms)], warmup_epochs=min(cfg['warmup_epochs'], max(epochs - 1, 0)))
+        ms = sorted({max(1, min(epochs - 1, round(m * epochs / E))) for m in cfg['milestones']}) if epochs > 1 else []
+        ms = ms[:len(cfg['lr_decay'])]
+        cfg.update(epochs=epochs, milestones=ms, lr_decay=cfg['lr_decay'][:len(ms)],
+                   warmup_epochs=min(cfg['warmup_epochs'], max(epochs - 1, 0)))
     if limit_train: cfg['limit_train'] = limit_train
     return cfg
 
@@ -46,7 +48,8 @@ def plan(a) -> list:
         base = shorten(j.config, a.epochs, a.limit_train)
         for mode, step in zip(MODES, ('eager', a.fast)):
             run_dir = Path(a.out) / 'runs' / j.row / f'seed{j.seed}' / mode
-            out.append((j.row, j.seed, mode, dict(base, step=step, out_dir=str(run_dir), resume=True, keep_checkpoint=False, progress=False)))
+            cfg = dict(base, step=step, out_dir=str(run_dir), resume=True, keep_checkpoint=False, progress=False)
+            out.append((j.row, j.seed, mode, cfg))
     return out
 
 
@@ -57,7 +60,8 @@ def train_one(cfg: dict) -> dict:
     m = train(TrainConfig.from_dict(cfg))
     val = (m.get('val') or {}).get('last_top1')
     return dict(config_hash=config_hash(cfg), step=m['provenance'].get('step', cfg['step']), last_top1=m['last']['top1'],
-                best_top1=m['best']['top1'], val_last_top1=val, train_loss=m['history'][-1]['train_loss'], wall_time_s=round(m['wall_time_s'], 1))
+                best_top1=m['best']['top1'], val_last_top1=val, train_loss=m['history'][-1]['train_loss'],
+                wall_time_s=round(m['wall_time_s'], 1))
 
 
 def _mean_std(xs):
@@ -83,10 +87,11 @@ def _pm(m, s): return f"{m:.2f} ± {s:.2f}" if s is not None else f"{m:.2f}"
 def table(summary: list, a) -> str:
     head = [f"## Parity of the fast step: {a.table} / {a.profile}" + (f" (trial: {a.epochs} epochs)" if a.epochs else '')
             + f", eager vs step={a.fast}, last-epoch test top-1 (%)", '',
-            '| row | seeds | eager | fast | mean diff (fast - eager) | max abs diff | agree within seed std |', '|---|---|---|---|---|---|---|']
-    return '\n'.join(head + [f"| {s['row']} | {s['seeds']} | {_pm(s['eager_mean'], s['eager_std'])} | {_pm(s['fast_mean'], s['fast_std'])} | "
-                             f"{s['mean_diff']:+.2f} | {s['max_abs_diff']:.2f} | {'n/a (1 seed)' if s['agree'] is None else s['agree']} |"
-                             for s in summary]) + '\n'
+            '| row | seeds | eager | fast | mean diff (fast - eager) | max abs diff | agree within seed std |',
+            '|---|---|---|---|---|---|---|']
+    lines = [f"| {s['row']} | {s['seeds']} | {_pm(s['eager_mean'], s['eager_std'])} | {_pm(s['fast_mean'], s['fast_std'])} | "
+             f"{s['mean_diff']:+.2f} | {s['max_abs_diff']:.2f} | {'n/a (1 seed)' if s['agree'] is None else s['agree']} |" for s in summary]
+    return '\n'.join(head + lines) + '\n'
 
 
 def main(argv=None):

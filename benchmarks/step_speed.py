@@ -114,8 +114,8 @@ def main(argv=None):
     tmp = out.with_name(out.name + '.tmp'); tmp.write_text(json.dumps(doc, indent=1)); os.replace(tmp, out)
     md = [f"## Training step, eager vs {doc['compiled']} ({tag}, {a.model}, batch {a.batch}, C = {a.classes})", '',
           '| loss | eager ms/step | compiled ms/step | speed-up | compile s | max abs dw after 5 steps |', '|---|---|---|---|---|---|']
-    md += [f"| {r['loss']} | {r['eager_ms']:.3f} | {r['compiled_ms']:.3f} | {r['speedup']:.2f} | {r['compile_s']:.1f} | {r['check_max_abs_dw']:.2e} |"
-           for r in rows]
+    md += [f"| {r['loss']} | {r['eager_ms']:.3f} | {r['compiled_ms']:.3f} | {r['speedup']:.2f} | {r['compile_s']:.1f} | "
+           f"{r['check_max_abs_dw']:.2e} |" for r in rows]
     md += ['', ', '.join(f'{k} = {v:.3f}' for k, v in ratios.items()), '']
     out.with_suffix('.md').write_text('\n'.join(md))
     print('\n'.join(md))
