@@ -124,7 +124,8 @@ def run(ns):
 def step_speed(out, seconds) -> dict|str:
     "benchmarks/step_speed.py on the GPU (eager vs compiled ResNet-32 steps, softmax and ours) in at most `seconds`."
     if seconds <= 0: return 'skipped'
-    cmd = [sys.executable, str(ROOT/'benchmarks'/'step_speed.py'), '--device', 'cuda', '--out', str(out/'step_speed_gpu.json')]
+    cmd = [sys.executable, str(ROOT/'benchmarks'/'step_speed.py'), '--device', 'cuda', '--channels', '1', '--size', '28',   # the runs'
+           '--out', str(out/'step_speed_gpu.json')]                                                                         # shapes
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds, env=dict(os.environ, PYTHONPATH=str(ROOT)))
         return dict(rc=r.returncode, tail=(r.stdout + r.stderr)[-3000:])
@@ -137,7 +138,9 @@ def start(j, work, ns, log, gpu):
         Path(j.out_dir).mkdir(parents=True, exist_ok=True); shutil.copy(part, Path(j.out_dir)/'checkpoint.pt')
         j.config['resume'] = True
     cfgf = work/f'{_name(j)}.json'; cfgf.write_text(json.dumps(j.config))
-    env = dict(os.environ, OMP_NUM_THREADS=str(ns.threads), PYTHONUNBUFFERED='1', PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    env = dict(os.environ, OMP_NUM_THREADS=str(ns.threads), PYTHONUNBUFFERED='1',
+               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''),
+               TORCHINDUCTOR_COMPILE_THREADS=str(ns.threads))   # runs that compile at once share the CPU cores
     lf = open(work/f'{_name(j)}.log', 'w')
     p = subprocess.Popen([sys.executable, '-c', CHILD, str(cfgf)], stdout=lf, stderr=subprocess.STDOUT, env=env)
     print(f"started {_name(j)} [{j.config_hash}] epochs={j.config['epochs']} on {gpu or 'cpu'}"

@@ -12,7 +12,7 @@ difference and the loss difference are recorded (float rounding only; not a pass
 (the first compiled steps), then `--rounds` rounds alternating eager and compiled epochs of `--steps` steps. Reported:
 median ms per step of each, the speed-up eager/compiled, and per mode the ratio ours/softmax (the issue's target
 on a GPU: ours <= 1.10x softmax compiled). Writes JSON to --out (default benchmarks/results/step_speed_<tag>.json)
-and a Markdown table next to it; prints the table.
+and a Markdown table next to it after each loss (a run cut short keeps the losses done); prints the table.
 """
 import argparse, copy, json, os, socket, statistics, sys, time
 from pathlib import Path
@@ -104,21 +104,29 @@ def main(argv=None):
     out = Path(a.out) if a.out else ROOT / 'benchmarks' / 'results' / f'step_speed_{tag}.json'
     cfg = TrainConfig(model=a.model, batch_size=a.batch, grad_clip=2.0, channels_last=True, device=a.device)
     pool, counts = batches(8, a.batch, a.classes, a.channels, a.size, device)
-    rows = [one_loss(a, loss, pool, counts, device, cfg) for loss in a.losses.split(',')]
+    rows = []
+    for loss in a.losses.split(','):
+        rows.append(one_loss(a, loss, pool, counts, device, cfg))
+        doc = write(a, rows, tag, device, out)
+    return doc
+
+
+def write(a, rows, tag, device, out) -> dict:
+    "The JSON and Markdown of the rows so far; prints the table."
     base = rows[0]
     ratios = {f"{r['loss']}/{base['loss']} {m}": round(r[f'{m}_ms'] / base[f'{m}_ms'], 3) for r in rows[1:] for m in ('eager', 'compiled')}
     doc = dict(benchmark='step_speed', tag=tag, hostname=socket.gethostname(), device=str(device), torch=torch.__version__,
-               model=a.model, batch=a.batch, classes=a.classes, steps=a.steps, rounds=a.rounds,
+               model=a.model, batch=a.batch, classes=a.classes, input=f'{a.channels}x{a.size}x{a.size}', steps=a.steps, rounds=a.rounds,
                compiled=describe_step(a.mode, device), rows=rows, ratios=ratios)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + '.tmp'); tmp.write_text(json.dumps(doc, indent=1)); os.replace(tmp, out)
-    md = [f"## Training step, eager vs {doc['compiled']} ({tag}, {a.model}, batch {a.batch}, C = {a.classes})", '',
+    md = [f"## Training step, eager vs {doc['compiled']} ({tag}, {a.model}, batch {a.batch} of {doc['input']}, C = {a.classes})", '',
           '| loss | eager ms/step | compiled ms/step | speed-up | compile s | max abs dw after 5 steps |', '|---|---|---|---|---|---|']
     md += [f"| {r['loss']} | {r['eager_ms']:.3f} | {r['compiled_ms']:.3f} | {r['speedup']:.2f} | {r['compile_s']:.1f} | "
            f"{r['check_max_abs_dw']:.2e} |" for r in rows]
     md += ['', ', '.join(f'{k} = {v:.3f}' for k, v in ratios.items()), '']
     out.with_suffix('.md').write_text('\n'.join(md))
-    print('\n'.join(md))
+    print('\n'.join(md), flush=True)
     return doc
 
 
