@@ -414,6 +414,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             'ltpaper.step': { 'ltpaper.step.TrainStep': ('step.html#trainstep', 'ltpaper/step.py'),
                               'ltpaper.step.TrainStep.__call__': ('step.html#trainstep.__call__', 'ltpaper/step.py'),
                               'ltpaper.step.TrainStep.__init__': ('step.html#trainstep.__init__', 'ltpaper/step.py'),
+                              'ltpaper.step.TrainStep._loss_buffers': ('step.html#trainstep._loss_buffers', 'ltpaper/step.py'),
+                              'ltpaper.step.TrainStep._reclaim': ('step.html#trainstep._reclaim', 'ltpaper/step.py'),
                               'ltpaper.step.TrainStep.clip_': ('step.html#trainstep.clip_', 'ltpaper/step.py'),
                               'ltpaper.step.TrainStep.count_': ('step.html#trainstep.count_', 'ltpaper/step.py'),
                               'ltpaper.step.TrainStep.forward_loss': ('step.html#trainstep.forward_loss', 'ltpaper/step.py'),

@@ -125,13 +125,29 @@ def step(self: TrainStep, x, y, idx):
 
 # %% ../nbs/04f_step.ipynb #74f0ca40
 @patch
+def _loss_buffers(self: TrainStep) -> list:
+    "(module, name, tensor) of every buffer of the loss."
+    return [(m, n, t) for m in self.loss_fn.modules() for n, t in m._buffers.items()]
+
+@patch
+def _reclaim(self: TrainStep, before: list):
+    "Copy each loss buffer that the step replaced (not in place) out of the memory of the CUDA graphs."
+    for m, n, t in before:
+        new = m._buffers.get(n)
+        if new is not None and new is not t: m._buffers[n] = new.clone()
+
+@patch
 def __call__(self: TrainStep, x, y, idx):
     "One step: compiled for batches of `batch_size`, uncompiled for any other size (shapes stay static)."
     if self.batch_size is None: self.batch_size = len(y)
     if self.compiled is None or len(y) != self.batch_size: return self.step(x, y, idx)
-    if self.cuda_graphs: torch.compiler.cudagraph_mark_step_begin()
+    if self.cuda_graphs:
+        torch.compiler.cudagraph_mark_step_begin()
+        before = self._loss_buffers()
     with torch._dynamo.config.patch(trace_autograd_ops=True):   # lets dynamo trace torch.autograd.grad into the graph
-        return self.compiled(x, y, idx)
+        out = self.compiled(x, y, idx)
+    if self.cuda_graphs: self._reclaim(before)
+    return out
 
 @patch
 def set_lr(self: TrainStep, lr: float):

@@ -56,11 +56,12 @@ def _max_diff(a, b) -> float:
         out = max(out, (x.double() - y.double()).abs().max().item())
     return out
 
-def _follow(loss, mode, float_lr=False, batches=None):
+def _follow(loss, mode, float_lr=False, batches=None, cuda_graphs=False):
     "Eager loop and TrainStep(mode) side by side over the batches (lr halved after two): (loss pairs, states, graphs so far)."
     ref, fast = _parts(loss), _parts(loss)
     ts = TrainStep(*fast, grad_clip=2.0, channels_last=True, batch_size=16, mode=mode)
     if float_lr: ts.lr = 0.1              # a Python float baked into the graph: what eager SGD.step multiplies with
+    ts.cuda_graphs = ts.cuda_graphs or cuda_graphs   # on the CPU: the CUDA-graph bookkeeping without CUDA graphs
     torch._dynamo.reset()
     pairs, graphs, base = [], [], torch._dynamo.utils.counters['stats']['unique_graphs']
     for k, (x, y, i) in enumerate(batches or _batches()):
@@ -91,6 +92,12 @@ def test_compiled_step_with_a_float_lr_is_the_eager_loop_bit_for_bit():
     "The only rounding difference of the graph is the lr tensor (multiply, then add vs eager's one multiply-add)."
     pairs, a, b, _ = _follow('seesaw', 'aot_eager', float_lr=True, batches=_batches(3, last=0))
     assert all(torch.equal(p, q) for p, q in pairs) and _max_diff(a, b) == 0.0
+
+
+def test_replaced_loss_buffers_are_reclaimed_over_two_epochs():
+    "CUDA-graph bookkeeping on (CPU): the window's `overflow`, replaced at the first step and after a smaller batch, is reclaimed."
+    pairs, a, b, graphs = _follow('ours', 'aot_eager', batches=_batches(3) + _batches(3), cuda_graphs=True)
+    assert _max_diff(a, b) <= 1e-6 and graphs[-1] == graphs[5] <= 3   # graphs: first step, steady, after a small batch
 
 
 def test_step_flag_parses_and_is_not_part_of_the_run_id(tmp_path):
