@@ -85,6 +85,10 @@ def run(ns):
     summary = dict(gpu=gpu, torch=torch.__version__, commit=ns.commit, rows=[], deadline_s=ns.deadline_s, trial_epochs=ns.epochs,
                    parallel=ns.parallel, step=ns.step, already_committed=[_name(j) for j in skipped])
     summary['step_speed'] = step_speed(out, ns.step_speed_s if gpu else 0)    # first: eager vs compiled steps, same process
+    if gpu:     # the compiled step is used only once it ran on this GPU and beat eager for every loss timed
+        mode, summary['step_choice'] = choose_step(ns.step, out/'step_speed_gpu.json', summary['step_speed'])
+        for j in jobs: j.config['step'] = mode
+        print(f"step mode of the runs: {summary['step_choice']}", file=log, flush=True)
     queue, procs, done = list(jobs), [], {}
     while queue or len(done) < len(procs):
         while queue and len(procs) - len(done) < ns.parallel and time.time() - t0 < ns.deadline_s:
@@ -120,6 +124,16 @@ def run(ns):
     log.close()
     print(json.dumps(summary, indent=1))
     return summary
+
+def choose_step(asked, speed_json, speed) -> tuple:
+    "(mode, why): 'compiled' only when step_speed ran it here and it was faster than eager for every loss; else 'eager'."
+    if asked != 'compiled': return asked, f'{asked}, as asked'
+    rows = json.loads(Path(speed_json).read_text()).get('rows', []) if Path(speed_json).is_file() else []
+    if not rows:
+        return 'eager', f"eager: the compiled step was not checked on this GPU ({speed if isinstance(speed, str) else speed.get('rc')})"
+    slow = [r['loss'] for r in rows if not r.get('speedup', 0) > 1.0]
+    if slow: return 'eager', f"eager: the compiled step was not faster for {', '.join(slow)}"
+    return 'compiled', 'compiled: ' + ', '.join(f"{r['loss']} {r['speedup']}x faster" for r in rows)
 
 def step_speed(out, seconds) -> dict|str:
     "benchmarks/step_speed.py on the GPU (eager vs compiled ResNet-32 steps, softmax and ours) in at most `seconds`."
@@ -205,7 +219,8 @@ if __name__ == '__main__':
     ap.add_argument('--threads', type=int, default=4, help='CPU threads per run')
     ap.add_argument('--epochs', type=int, default=None, help='a trial with fewer epochs (not the paper profile)')
     ap.add_argument('--step', default='compiled', choices=['compiled', 'eager'],
-                    help="TrainConfig.step of every run: compiled (one graph, CUDA graphs) or eager (the loop); not part of the run's id")
+                    help="TrainConfig.step of every run: compiled (one graph, CUDA graphs; used only if step_speed found it faster "
+                         "than eager on this GPU, else eager) or eager (the loop); not part of the run's id")
     ap.add_argument('--step-speed-s', type=float, default=150, help='seconds for benchmarks/step_speed.py before the runs (0: skip)')
     ap.add_argument('--commit', default=None, help='the git commit of this tree, recorded in the summary (the device copy has no .git)')
     ap.add_argument('--no-require-gpu', dest='require_gpu', action='store_false')

@@ -180,3 +180,16 @@ def test_parity_harness_reports_each_row_both_ways(tmp_path):
     assert s['seeds'] == 1 and s['eager_std'] is None and s['agree'] is None and 0 <= s['eager_mean'] <= 100 and s['max_abs_diff'] >= 0
     md = (tmp_path / 'parity.md').read_text()
     assert md.count('\n| ') == 3 and 'n/a (1 seed)' in md and md in r.stdout
+
+def test_gpu_paper_runs_uses_the_compiled_step_only_once_it_beat_eager_on_that_gpu(tmp_path):
+    sys.path.insert(0, str(ROOT / 'benchmarks'))
+    import gpu_paper_runs as g
+    f = tmp_path / 'step_speed_gpu.json'
+    assert g.choose_step('eager', f, 'skipped')[0] == 'eager'
+    mode, why = g.choose_step('compiled', f, 'timed out after 150 s')          # no measurement: never compiled blind
+    assert mode == 'eager' and 'timed out' in why
+    f.write_text(json.dumps(dict(rows=[dict(loss='softmax', speedup=3.1), dict(loss='ours', speedup=0.9)])))
+    mode, why = g.choose_step('compiled', f, dict(rc=0))
+    assert mode == 'eager' and 'ours' in why
+    f.write_text(json.dumps(dict(rows=[dict(loss='softmax', speedup=3.1), dict(loss='ours', speedup=2.0)])))
+    assert g.choose_step('compiled', f, dict(rc=0)) == ('compiled', 'compiled: softmax 3.1x faster, ours 2.0x faster')
