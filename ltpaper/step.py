@@ -62,6 +62,8 @@ class TrainStep:
             torch._dynamo.mark_static_address(t)
         self.options = compile_options(mode, dev)
         self.cuda_graphs = self.options is not None and self.options.get('mode') == 'reduce-overhead'
+        if self.options:     # one run at a time per process: an earlier TrainStep's graphs (e.g. `ltpaper verify` rerunning
+            torch._dynamo.reset()   # several rows) would count against dynamo's recompile limit, a hard error under fullgraph
         self.compiled = torch.compile(self.step, **self.options) if self.options else None
 
 # %% ../nbs/04f_step.ipynb #34720438
