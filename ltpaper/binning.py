@@ -121,52 +121,52 @@ def _take(flat, pos):
 
 _WALK = {}
 def _walk_plan(n, bins, depth, cap, device, dtype):
-    "The walk's constants, cached: base bins of class 0 and class pitch, per level (top-k?, in hist?), child offsets, widths."
+    "The walk's constants, cached: base bins of class 0 and class pitch, per level (children in hist?), child offsets, widths."
     key = (n, bins, depth, cap, str(device), dtype)
     if key not in _WALK:
         K, b = _halvings(n), n >> _halvings(n)
         P, L0 = b * (2 ** K - 1), K - depth
         in_hist = L0 == K                                               # depth 0: the base bins are the fine cells
         base = (0 if in_hist else b * (2 ** L0 - 1)) + torch.arange(bins)
-        levels, steps, strides, W = [], [], [], bins
-        widths = [torch.full((bins,), 2.0 ** depth, dtype=dtype)]       # + the width of a non-empty base bin
+        fine, steps, strides = [], [], []
+        widths = [2.0 ** depth]                                         # the width of a non-empty base bin, then per level
         for L in range(L0, K if cap else L0):
-            top, W = W > cap, min(W, cap)
-            fine = L + 1 == K                                           # the children are fine cells, in hist
-            pitch, start = (n, 0) if fine else (P, b * (2 ** (L + 1) - 1))
+            fine.append(L + 1 == K)                                     # the children are fine cells, in hist
+            pitch, start = (n, 0) if fine[-1] else (P, b * (2 ** (L + 1) - 1))
             # child j of the block at flat position p of class c: 2p + (pitch - 2P) c + start_{L+1} - 2 start_L + j
             steps.append(start - 2 * b * (2 ** L - 1) + torch.arange(2))
             strides.append(pitch - 2 * P)
-            levels.append((top, fine))
-            widths.append(torch.full((2 * W,), -2.0 ** (K - L - 1), dtype=dtype))   # - an empty kid's width (dense parent)
-            W *= 2
+            widths.append(-2.0 ** (K - L - 1))                          # - an empty kid's width (dense parent)
         step = torch.stack(steps)[:, None, None, :].to(device) if steps else None   # (levels, 1, 1, 2)
         stride = torch.tensor(strides)[:, None, None, None].to(device) if steps else None
-        _WALK[key] = (base.to(device), n if in_hist else P, in_hist, levels, step, stride, torch.cat(widths).to(device))
+        _WALK[key] = (base.to(device), n if in_hist else P, in_hist, fine, step, stride, torch.tensor(widths, dtype=dtype).to(device))
     return _WALK[key]
 
-def _running_width(blocks, hist, rc, bins, depth, tau):
+def _running_width(blocks, hist, rc, bins, depth, tau, static=None):
     "(Z, total, thr) of each row's class rc (R,), walking down from the base bins through the heaviest blocks of each level."
+    # static: every level keeps floor(1/tau) blocks (no host sync); None: static except in eager mode on the CPU
     cap = _dense_cap(tau)
-    base, pitch, in_hist, levels, step, stride, w = _walk_plan(hist.shape[1], bins, depth, cap, rc.device, hist.dtype)
+    base, pitch, in_hist, fine, step, stride, w = _walk_plan(hist.shape[1], bins, depth, cap, rc.device, hist.dtype)
+    if static is None: static = rc.device.type != 'cpu' or torch.compiler.is_compiling()
     hflat, bflat = hist.view(-1), blocks.view(-1)
     pos = torch.add(base, rc.unsqueeze(1), alpha=pitch)             # (R, bins) flat positions of the base bins
     m = _take(hflat if in_hist else bflat, pos)
     tot = m.sum(1)
     thr = (tau * tot).unsqueeze(1)                                  # (R, 1) a block is dense when its mass > tau * total
-    flags, parents, kids = [m > 0], [], []
-    if levels: offs = torch.addcmul(step, stride, rc.view(1, -1, 1, 1))   # (levels, R, 1, 2) offsets of the children
-    for (top, fine), off in zip(levels, offs if levels else ()):
-        if top:                                                     # keep the heaviest: every dense block is among them
-            m, i = m.topk(cap, 1, sorted=False)
-            pos = pos.gather(1, i)
-        pos = torch.add(off, pos.unsqueeze(2), alpha=2)             # (R, W, 2) the two children of each block
-        c = _take(hflat if fine else bflat, pos)
-        parents.append(m)
-        kids.append(c)
+    count = [(m > 0).sum(1)]                                        # non-empty base bins, then per level empty kids of dense blocks
+    if fine: offs = torch.addcmul(step, stride, rc.view(1, -1, 1, 1))   # (levels, R, 1, 2) offsets of the children
+    for kid_fine, off in zip(fine, offs if fine else ()):
+        dense = m > thr
+        k = cap if static else int(dense.sum(1).max())              # every dense block is among the k heaviest
+        if k == 0: break                                            # no dense block: no deeper level counts
+        if k < m.shape[1]:
+            m, i = m.topk(k, 1, sorted=False)
+            pos, dense = pos.gather(1, i), m > thr
+        pos = torch.add(off, pos.unsqueeze(2), alpha=2)             # (R, k, 2) the two children of each block
+        c = _take(hflat if kid_fine else bflat, pos)
+        count.append(((c == 0) & dense.unsqueeze(2)).sum((1, 2)))
         pos, m = pos.flatten(1), c.flatten(1)
-    if kids: flags.append(((torch.cat(kids, 1) == 0) & (torch.cat(parents, 1) > thr).unsqueeze(2)).flatten(1))
-    Z = torch.cat(flags, 1).to(hist.dtype) @ w                      # in fine cells: integers, exact in float32
+    Z = torch.stack(count, 1).to(hist.dtype) @ w[:len(count)]      # in fine cells: integers, exact in float32
     return Z / (bins * 2 ** depth), tot, thr
 
 # %% ../nbs/01_binning.ipynb #362b2bbf
