@@ -2,8 +2,14 @@
 
 Plans the jobs exactly as `ltpaper reproduce fmnist_lt --profile paper` does (same TrainConfig, same config hash),
 leaves out the runs already committed under results/paper (unless --redo), and trains the rest seed by seed
-(every row of seed 0, then of seed 1, ...: a cut-off leaves whole seeds, which pair) as parallel processes on the
-one GPU, at most --parallel at once, by calling `ltpaper.train.train` directly. It writes, flat into --out: each
+(every row of seed 0, then of seed 1, ...: a cut-off leaves whole seeds, which pair) on the one GPU, at most
+--parallel at once, in one of two modes (--mode):
+- processes (the default): each run its own process (`ltpaper.train.train`), --parallel processes at once; the GPU
+  time-slices between them (unless MPS runs);
+- streams: groups of --parallel runs, each group ONE process (`ltpaper.many.train_many`) that steps its runs in
+  turn, each on its own CUDA stream, one group at a time. Each run's numbers are those of its solo run (tested on
+  the CPU); whether it is faster is what `benchmarks/many_speed.py` measures.
+It writes, flat into --out: each
 finished run's metrics.json (`fmnist_lt-<row>-seed<s>.metrics.json`, GPU name in its provenance), one log and a
 summary JSON (wall times, epochs done). A run still going at --deadline-s is stopped and reported as unfinished:
 no result is made up for it, but its last epoch checkpoint is kept as `partial/<row>-seed<s>.pt`; the next window
@@ -24,7 +30,7 @@ Bring the results home with `python benchmarks/gpu_paper_runs.py --install DIR` 
 results/paper/runs/fmnist_lt/<row>/seed<s>/, where `ltpaper status fmnist_lt --profile paper` finds them).
 
 Usage:
-  python benchmarks/gpu_paper_runs.py --out DIR [--rows budget|GLOBS] [--seeds 0,1,2] [--parallel 12] [--redo]
+  python benchmarks/gpu_paper_runs.py --out DIR [--rows budget|GLOBS] [--seeds 0,1,2] [--parallel 12] [--mode processes|streams] [--redo]
          [--deadline-s 420] [--resume-from DIR] [--data-root .fmnist] [--step compiled|eager] [--step-speed-s 150]
          [--epochs N  (a trial on fewer epochs: NOT the paper profile)] [--dry-run  (print the plan, run nothing)]
   python benchmarks/gpu_paper_runs.py --install DIR
@@ -37,6 +43,9 @@ sys.path.insert(0, str(ROOT))
 from ltpaper.runs import parse_seeds
 CHILD = ("import json, sys; from ltpaper.config import TrainConfig; from ltpaper.train import train; "
          "train(TrainConfig(**json.load(open(sys.argv[1]))))")
+CHILD_MANY = ("import json, sys; from ltpaper.config import TrainConfig; from ltpaper.many import train_many; "
+              "train_many([TrainConfig(**d) for d in json.load(open(sys.argv[1]))])")
+MODES = ('processes', 'streams')
 
 def budget_rows() -> str:
     "The IF-100 rows of the budget comparison: the `mid` profile's rows (one list, in the table's config)."
@@ -71,6 +80,16 @@ def to_run(jobs, redo=False):
 
 def _name(j): return f'{j.row}-seed{j.seed}'
 
+def units(jobs, mode, parallel) -> list:
+    "What each process trains: one run (processes), or a group of up to `parallel` runs stepped together (streams)."
+    if mode not in MODES: raise ValueError(f"mode {mode!r}: use one of {', '.join(MODES)}")
+    if mode == 'processes': return [[j] for j in jobs]
+    return [jobs[k:k + parallel] for k in range(0, len(jobs), parallel)]
+
+def _unit_name(unit, mode): return _name(unit[0]) if mode == 'processes' else f'group-{_name(unit[0])}'
+
+def _at_once(mode, parallel): return parallel if mode == 'processes' else 1    # runs on the GPU at once: `parallel` either way
+
 def run(ns):
     import torch
     out = Path(ns.out); out.mkdir(parents=True, exist_ok=True)
@@ -83,30 +102,31 @@ def run(ns):
                            ns.redo or bool(ns.epochs))
     log = open(out/'gpu_paper_runs.log', 'w')
     summary = dict(gpu=gpu, torch=torch.__version__, commit=ns.commit, rows=[], deadline_s=ns.deadline_s, trial_epochs=ns.epochs,
-                   parallel=ns.parallel, step=ns.step, already_committed=[_name(j) for j in skipped])
+                   parallel=ns.parallel, mode=ns.mode, step=ns.step, already_committed=[_name(j) for j in skipped])
     summary['step_speed'] = step_speed(out, ns.step_speed_s if gpu else 0)    # first: eager vs compiled steps, same process
     if gpu:     # the compiled step is used only once it ran on this GPU and beat eager for every loss timed
         mode, summary['step_choice'] = choose_step(ns.step, out/'step_speed_gpu.json', summary['step_speed'])
         for j in jobs: j.config['step'] = mode
         print(f"step mode of the runs: {summary['step_choice']}", file=log, flush=True)
-    queue, procs, done = list(jobs), [], {}
+    queue, procs, done = units(jobs, ns.mode, ns.parallel), [], {}
     while queue or len(done) < len(procs):
-        while queue and len(procs) - len(done) < ns.parallel and time.time() - t0 < ns.deadline_s:
+        while queue and len(procs) - len(done) < _at_once(ns.mode, ns.parallel) and time.time() - t0 < ns.deadline_s:
             procs.append(start(queue.pop(0), work, ns, log, gpu))
-        if queue and time.time() - t0 >= ns.deadline_s: summary['not_started'] = [_name(j) for j in queue]; queue = []
-        for j, p, lf, ts in procs:
-            if _name(j) in done: continue
+        if queue and time.time() - t0 >= ns.deadline_s: summary['not_started'] = [_name(j) for u in queue for j in u]; queue = []
+        for unit, p, lf, ts in procs:
+            name = _unit_name(unit, ns.mode)
+            if name in done: continue
             rc = p.poll()
             if rc is None and time.time() - t0 > ns.deadline_s:
                 p.terminate()
                 try: p.wait(20)
                 except subprocess.TimeoutExpired: p.kill(); p.wait()
                 rc = 'deadline'
-            if rc is not None: done[_name(j)] = (rc, time.time() - ts)
+            if rc is not None: done[name] = (rc, time.time() - ts)
         time.sleep(2)
-    for j, p, lf, ts in procs:
-        lf.close(); rc, wall = done[_name(j)]
-        summary['rows'].append(collect(j, rc, wall, work, out, log))
+    for unit, p, lf, ts in procs:
+        lf.close(); rc, wall = done[_unit_name(unit, ns.mode)]
+        for j in unit: summary['rows'].append(collect(j, rc, wall, work, out, log, _unit_name(unit, ns.mode)))
     summary['runs_wall_s'] = round(time.time() - t0, 1)
     print(json.dumps(summary, indent=1), file=log, flush=True)
     # what time is left: the notebooks' CUDA checks, then a short loss-speed benchmark (after the runs: no contention)
@@ -145,28 +165,46 @@ def step_speed(out, seconds) -> dict|str:
         return dict(rc=r.returncode, tail=(r.stdout + r.stderr)[-3000:])
     except subprocess.TimeoutExpired: return f'timed out after {seconds:.0f} s'
 
-def start(j, work, ns, log, gpu):
-    "Start one run as its own process (continuing from a fetched partial checkpoint when --resume-from has one)."
+def _hand_over(j, ns) -> Path|None:
+    "A fetched partial checkpoint of `j` (--resume-from) put into its run folder, the run set to resume; None without one."
     part = Path(ns.resume_from or '/nonexistent')/'partial'/f'{_name(j)}.pt'
-    if part.is_file():
-        Path(j.out_dir).mkdir(parents=True, exist_ok=True); shutil.copy(part, Path(j.out_dir)/'checkpoint.pt')
-        j.config['resume'] = True
-    cfgf = work/f'{_name(j)}.json'; cfgf.write_text(json.dumps(j.config))
+    if not part.is_file(): return None
+    Path(j.out_dir).mkdir(parents=True, exist_ok=True); shutil.copy(part, Path(j.out_dir)/'checkpoint.pt')
+    j.config['resume'] = True
+    return part
+
+def start(unit, work, ns, log, gpu):
+    "Start one process: one run (processes) or a group stepped by train_many (streams), continuing fetched partial checkpoints."
+    parts = [_hand_over(j, ns) for j in unit]
+    name = _unit_name(unit, ns.mode)
+    cfgf = work/f'{name}.json'
+    cfgf.write_text(json.dumps(unit[0].config if ns.mode == 'processes' else [j.config for j in unit]))
     env = dict(os.environ, OMP_NUM_THREADS=str(ns.threads), PYTHONUNBUFFERED='1',
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''),
                TORCHINDUCTOR_COMPILE_THREADS=str(ns.threads))   # runs that compile at once share the CPU cores
-    lf = open(work/f'{_name(j)}.log', 'w')
-    p = subprocess.Popen([sys.executable, '-c', CHILD, str(cfgf)], stdout=lf, stderr=subprocess.STDOUT, env=env)
-    print(f"started {_name(j)} [{j.config_hash}] epochs={j.config['epochs']} on {gpu or 'cpu'}"
-          + (f" from {part} (resumed)" if part.is_file() else ''), file=log, flush=True)
-    return j, p, lf, time.time()
+    lf = open(work/f'{name}.log', 'w')
+    p = subprocess.Popen([sys.executable, '-c', CHILD if ns.mode == 'processes' else CHILD_MANY, str(cfgf)], stdout=lf,
+                         stderr=subprocess.STDOUT, env=env)
+    for j, part in zip(unit, parts):
+        print(f"started {_name(j)} [{j.config_hash}] epochs={j.config['epochs']} on {gpu or 'cpu'}"
+              + (f" in {name} (one process, {len(unit)} runs)" if ns.mode == 'streams' else '')
+              + (f" from {part} (resumed)" if part else ''), file=log, flush=True)
+    return unit, p, lf, time.time()
 
-def collect(j, rc, wall, work, out, log) -> dict:
+def _epochs_done(m: Path, ck: Path, text: str, alone: bool) -> int|None:
+    "Epochs trained: the log's epoch lines of a run alone in its log; in a group's log, the run's own record (all its epochs)."
+    if alone: return sum(1 for line in text.splitlines() if line.startswith('epoch '))
+    if m.is_file(): return len(json.loads(m.read_text())['history'])
+    import torch
+    try: return int(torch.load(ck, map_location='cpu', weights_only=True)['epoch'])
+    except Exception: return None      # no checkpoint yet, or a damaged one
+
+def collect(j, rc, wall, work, out, log, log_name=None) -> dict:
     "One run's line of the summary; its metrics.json (finished) or its last checkpoint (stopped) copied into `out`."
     m, ck = Path(j.out_dir)/'metrics.json', Path(j.out_dir)/'checkpoint.pt'
-    text = (work/f'{_name(j)}.log').read_text()
+    text = (work/f'{log_name or _name(j)}.log').read_text()
     log.write(f"\n===== {_name(j)}: rc={rc} wall={wall:.0f}s\n" + '\n'.join(text.splitlines()[-25:]) + '\n')
-    ep = sum(1 for line in text.splitlines() if line.startswith('epoch '))
+    ep = _epochs_done(m, ck, text, alone=log_name in (None, _name(j)))
     row = dict(row=j.row, seed=j.seed, config_hash=j.config_hash, rc=rc, wall_s=round(wall, 1), finished=m.is_file(), epochs_done=ep)
     if m.is_file():
         rec = json.loads(m.read_text())
@@ -182,9 +220,15 @@ def dry_run(ns):
     jobs, skipped = to_run(plan(ns.rows, parse_seeds(ns.seeds), tempfile.gettempdir(), 'cuda', ns.data_root, ns.epochs, ns.step),
                            ns.redo or bool(ns.epochs))
     print(f"step speed: {'benchmarks/step_speed.py first, at most %.0f s' % ns.step_speed_s if ns.step_speed_s > 0 else 'skipped'}")
-    for j in jobs: print(f"run  {_name(j)} [{j.config_hash}] epochs={j.config['epochs']} model={j.config['model']} step={j.config['step']}")
+    how = ('each run its own process' if ns.mode == 'processes' else
+           f'groups of {ns.parallel} runs, each group one process stepping its runs in turn, a CUDA stream each')
+    print(f"mode: {ns.mode} ({how})")
+    for u in units(jobs, ns.mode, ns.parallel):
+        for j in u:
+            print(f"run  {_name(j)} [{j.config_hash}] epochs={j.config['epochs']} model={j.config['model']} step={j.config['step']}"
+                  + (f" process={_unit_name(u, ns.mode)}" if ns.mode == 'streams' else ''))
     for j in skipped: print(f"have {_name(j)} [{j.config_hash}] (committed under results/paper)")
-    print(f"{len(jobs)} to run, {len(skipped)} committed, at most {ns.parallel} at once, deadline {ns.deadline_s:.0f} s")
+    print(f"{len(jobs)} to run, {len(skipped)} committed, at most {ns.parallel} at once ({ns.mode}), deadline {ns.deadline_s:.0f} s")
 
 def install(src):
     "Copy fetched metrics files into results/paper/runs/fmnist_lt/<row>/seed<s>/metrics.json, checking their hashes."
@@ -209,7 +253,9 @@ if __name__ == '__main__':
     ap.add_argument('--out', help='folder for the metrics files, log and summary')
     ap.add_argument('--rows', default='budget', help="'budget' (the IF-100 rows of the budget comparison) or comma-separated globs")
     ap.add_argument('--seeds', '--seed', default='0,1,2', help='comma-separated seeds')
-    ap.add_argument('--parallel', type=int, default=12, help='runs at once on the one GPU (each its own process)')
+    ap.add_argument('--parallel', type=int, default=12, help='runs at once on the one GPU (processes: one each; streams: one group)')
+    ap.add_argument('--mode', default='processes', choices=MODES,
+                    help='processes: each run its own process; streams: groups of --parallel runs, each one process (train_many)')
     ap.add_argument('--redo', action='store_true', help='also run the rows x seeds already committed under results/paper')
     ap.add_argument('--resume-from', metavar='DIR', help="an earlier call's fetched outputs: continue its partial/ checkpoints")
     ap.add_argument('--dry-run', action='store_true', help='print the plan (what runs, what is committed already) and run nothing')

@@ -26,7 +26,7 @@ from .models import build_model
 from .record import WeightMonitor, monitors_weights, _now, _provenance
 from .run_data import _build_data
 from .settings import get_settings, resolve_device
-from .step import TrainStep, describe_step, fast_epoch
+from .step import TrainStep, describe_step, drain, fast_steps
 
 # %% ../nbs/04_train.ipynb #2efebec0
 def lr_at(epoch: int,  # 0-based epoch index
@@ -61,13 +61,9 @@ def _gather_objects(obj, world: int) -> list:
 _SYNC_EVERY_CUDA = 25  # steps between host checks of the loss on CUDA
 
 # %% ../nbs/04_train.ipynb #7af61c6f
-def train_one_epoch(step_model: nn.Module,  # what the forward runs through (maybe DDP-wrapped / compiled)
-                    model: nn.Module,       # the plain model (its parameters are clipped)
-                    loader, loss_fn: nn.Module, opt: torch.optim.Optimizer, config: TrainConfig,
-                    sync_every: int = 1,    # steps between host checks of the loss (and progress updates)
-                    bar=None,
-                    monitor: WeightMonitor|None = None) -> tuple[float, int, float]:  # collects the loss's per-sample weights
-    "One pass over `loader`: forward (autocast), loss(logits, y, index), backward, clip, SGD step. Returns (mean loss, images, train top-1 %)."
+def _eager_steps(step_model: nn.Module, model: nn.Module, loader, loss_fn: nn.Module, opt: torch.optim.Optimizer,
+                 config: TrainConfig, sync_every: int = 1, bar=None, monitor: WeightMonitor|None = None):
+    "`train_one_epoch`, yielding after each step; returns (mean loss, images, train top-1 %)."
     c = config
     device = next(model.parameters()).device
     model.train()
@@ -102,10 +98,20 @@ def train_one_epoch(step_model: nn.Module,  # what the forward runs through (may
                 bar.set_postfix(loss=f'{float(ld):.4f}', lr=f"{opt.param_groups[0]['lr']:.4g}", refresh=False)
         if bar is not None:
             bar.update(1)
+        yield
     tot = torch.stack([loss_sum, torch.tensor(float(n_seen), dtype=torch.float64, device=device), hits])
     if _distributed():
         dist.all_reduce(tot)
     return (tot[0] / tot[1]).item(), int(tot[1].item()), 100.0 * (tot[2] / tot[1]).item()
+
+def train_one_epoch(step_model: nn.Module,  # what the forward runs through (maybe DDP-wrapped / compiled)
+                    model: nn.Module,       # the plain model (its parameters are clipped)
+                    loader, loss_fn: nn.Module, opt: torch.optim.Optimizer, config: TrainConfig,
+                    sync_every: int = 1,    # steps between host checks of the loss (and progress updates)
+                    bar=None,
+                    monitor: WeightMonitor|None = None) -> tuple[float, int, float]:  # collects the loss's per-sample weights
+    "One pass over `loader`: forward (autocast), loss(logits, y, index), backward, clip, SGD step. Returns (mean loss, images, train top-1 %)."
+    return drain(_eager_steps(step_model, model, loader, loss_fn, opt, config, sync_every, bar, monitor))
 
 # %% ../nbs/04_train.ipynb #154a74d4
 def _setup_device(c: TrainConfig, device: torch.device) -> torch.device:
@@ -119,9 +125,13 @@ def _setup_device(c: TrainConfig, device: torch.device) -> torch.device:
             torch.use_deterministic_algorithms(True, warn_only=True)
     return device
 
+def _out_dir(c: TrainConfig, h: str) -> Path:
+    "The run folder: `out_dir`, or <results_root>/tmp/<config_hash>."
+    return Path(c.out_dir) if c.out_dir else get_settings().results_root / 'tmp' / h
+
 def _run_paths(c: TrainConfig, h: str, rank: int) -> tuple[Path, Path]:
     "(checkpoint, metrics.json) of the run folder; rank 0 creates the folder."
-    out_dir = Path(c.out_dir) if c.out_dir else get_settings().results_root / 'tmp' / h
+    out_dir = _out_dir(c, h)
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
     return out_dir / 'checkpoint.pt', out_dir / 'metrics.json'
@@ -220,8 +230,8 @@ def _resume_from(r: _Run, st: dict):
               "continuing with fresh ones", file=sys.stderr)
 
 # %% ../nbs/04_train.ipynb #ecceffc0
-def _train_epoch(r: _Run, epoch: int, tty: bool, set_progress, sync_every: int) -> tuple:
-    "(mean training loss, images, lr, WeightMonitor or None) of one epoch."
+def _train_epoch(r: _Run, epoch: int, tty: bool, set_progress, sync_every: int):
+    "One epoch's training, yielding after each step; returns (mean training loss, images, train top-1 %, lr, WeightMonitor or None)."
     c = r.c
     lr = lr_at(epoch, c)
     for gr in r.opt.param_groups:
@@ -233,7 +243,7 @@ def _train_epoch(r: _Run, epoch: int, tty: bool, set_progress, sync_every: int) 
                 disable=not tty)
     monitor = WeightMonitor(r.train_set.num_classes, r.device) if monitors_weights(r.loss_fn, c.loss) else None
     try:
-        train_loss, n_epoch, train_top1 = _epoch_pass(r, lr, sync_every, bbar, monitor)
+        train_loss, n_epoch, train_top1 = yield from _epoch_pass(r, lr, sync_every, bbar, monitor)
     except NonFiniteLossError as e:
         last_good = r.ckpt_path if r.ckpt_path.exists() else 'none (first epoch)'
         raise NonFiniteLossError(f"non-finite training loss at epoch {epoch + 1}/{c.epochs}, {e} (lr {lr:g}); the last good "
@@ -242,13 +252,12 @@ def _train_epoch(r: _Run, epoch: int, tty: bool, set_progress, sync_every: int) 
         bbar.close()
     return train_loss, n_epoch, train_top1, lr, monitor
 
-def _epoch_pass(r: _Run, lr: float, sync_every: int, bar, monitor) -> tuple:
-    "(mean loss, images, train top-1 %) of one pass: the eager loop, or the compiled step, which checks the loss once."
+def _epoch_pass(r: _Run, lr: float, sync_every: int, bar, monitor):
+    "One pass, yielding after each step: the eager loop or the compiled step (one loss check); returns (mean loss, images, top-1 %)."
     if r.step is None:
-        return train_one_epoch(r.step_model, r.model, r.train_loader, r.loss_fn, r.opt, r.c, sync_every=sync_every, bar=bar,
-                               monitor=monitor)
+        return (yield from _eager_steps(r.step_model, r.model, r.train_loader, r.loss_fn, r.opt, r.c, sync_every, bar, monitor))
     r.step.set_lr(lr)
-    train_loss, n_epoch, train_top1, bad = fast_epoch(r.step, r.train_loader, bar=bar, monitor=monitor)
+    train_loss, n_epoch, train_top1, bad = yield from fast_steps(r.step, r.train_loader, bar=bar, monitor=monitor)
     if bad >= 0:
         raise NonFiniteLossError(f"step {bad + 1}/{len(r.train_loader)}")
     return train_loss, n_epoch, train_top1
@@ -299,8 +308,10 @@ def _epoch_line(h: dict, epochs: int, best: dict|None) -> str:
     return s + f"  {h['epoch_time_s']:.1f}s"
 
 # %% ../nbs/04_train.ipynb #f42209f3
-def _run_epochs(r: _Run, st: dict, t_setup: float):
-    "Epochs from `st['epoch']` to the last, with a tqdm bar on a terminal or one line per epoch otherwise."
+_EPOCH_END = 'epoch end'   # what `_epochs` yields once an epoch's steps are done, before its evaluation and checkpoint
+
+def _epochs(r: _Run, st: dict, t_setup: float):
+    "Epochs from `st['epoch']` to the last, yielding after each training step; a tqdm bar on a terminal or one line per epoch otherwise."
     c = r.c
     show = c.progress and r.rank == 0
     tty = show and sys.stderr.isatty()
@@ -309,7 +320,8 @@ def _run_epochs(r: _Run, st: dict, t_setup: float):
     sync_every = _SYNC_EVERY_CUDA if r.device.type == 'cuda' else 1
     for epoch in range(st['epoch'], c.epochs):
         t0 = time.perf_counter()
-        train_loss, n_epoch, train_top1, lr, monitor = _train_epoch(r, epoch, tty, set_progress, sync_every)
+        train_loss, n_epoch, train_top1, lr, monitor = yield from _train_epoch(r, epoch, tty, set_progress, sync_every)
+        yield _EPOCH_END                                 # what follows reads the process's RNG states (the checkpoint)
         st['train_time_s'] += time.perf_counter() - t0
         st['images_seen'] += n_epoch
         rec, vrec = _evaluate_epoch(r, st, epoch)
@@ -323,6 +335,10 @@ def _run_epochs(r: _Run, st: dict, t_setup: float):
             print(_epoch_line(hist, c.epochs, st['best']), file=sys.stderr, flush=True)
     ebar.close()
 
+def _run_epochs(r: _Run, st: dict, t_setup: float):
+    "The epochs of `_epochs`, one after the other."
+    drain(_epochs(r, st, t_setup))
+
 # %% ../nbs/04_train.ipynb #c0f112db
 def _metrics_record(r: _Run, st: dict) -> dict:
     c = r.c
@@ -334,7 +350,8 @@ def _metrics_record(r: _Run, st: dict) -> dict:
                 provenance=dict(_provenance(r.device, st['started'], getattr(r.train_set, 'data_dir', None)),
                                 step=describe_step(c.step, r.device)))
 
-def _train(c: TrainConfig, device: torch.device, rank: int, world: int) -> dict:
+def _prepare(c: TrainConfig, device: torch.device, rank: int, world: int) -> dict|tuple:
+    "The metrics of a run that finished earlier (with `resume`), or (run, state, setup seconds, metrics path) ready to train."
     t_start, started = time.perf_counter(), _now()
     device = _setup_device(c, device)
     h = config_hash(c)
@@ -347,21 +364,36 @@ def _train(c: TrainConfig, device: torch.device, rank: int, world: int) -> dict:
     if c.resume and ckpt_path.exists():
         _resume_from(r, st)
     r.step = _fast_step(r)
-    t_setup = time.perf_counter() - t_start     # setup time of this (possibly resumed) session
-    _run_epochs(r, st, t_setup)
+    return r, st, time.perf_counter() - t_start, metrics_path    # setup time of this (possibly resumed) session
+
+def _finish(r: _Run, st: dict, metrics_path: Path) -> dict:
+    "The run's metrics record, written by rank 0 (and the checkpoint removed unless it is kept)."
     metrics = _metrics_record(r, st)
-    if rank == 0:
+    if r.rank == 0:
         atomic_write(metrics_path, lambda f: f.write(json.dumps(metrics, indent=1).encode()))
-        if not c.keep_checkpoint and ckpt_path.exists():
-            ckpt_path.unlink()
+        if not r.c.keep_checkpoint and r.ckpt_path.exists():
+            r.ckpt_path.unlink()
     return metrics
+
+def _train(c: TrainConfig, device: torch.device, rank: int, world: int) -> dict:
+    p = _prepare(c, device, rank, world)
+    if isinstance(p, dict):
+        return p
+    r, st, t_setup, metrics_path = p
+    _run_epochs(r, st, t_setup)
+    return _finish(r, st, metrics_path)
+
+def _device_of(c: TrainConfig) -> str:
+    "The run's device, resolved ('auto' -> cuda or cpu); a one-line ValueError when it asks for CUDA and there is none."
+    device = resolve_device(c.device)
+    if device.startswith('cuda') and not torch.cuda.is_available():
+        raise ValueError(f"TrainConfig.device={c.device!r}: CUDA is not available here; use --device cpu")
+    return device
 
 def train(config: TrainConfig) -> dict:
     "Train one run per `config`; return the metrics dict (also written to out_dir/metrics.json by rank 0)."
     c = config
-    device = resolve_device(c.device)
-    if device.startswith('cuda') and not torch.cuda.is_available():
-        raise ValueError(f"TrainConfig.device={c.device!r}: CUDA is not available here; use --device cpu")
+    device = _device_of(c)
     rank, world, local_rank, created = _dist_context(device.split(':')[0])
     threads = torch.get_num_threads()
     try:

@@ -99,7 +99,7 @@ def _ns(tmp_path, **kw):
     import argparse
     base = dict(out=str(tmp_path / 'out'), rows='softmax-if100,seesaw-if100', seeds='0,1', parallel=2, redo=False, deadline_s=600,
                 extra_s=0, resume_from=None, data_root='.fmnist', threads=1, epochs=1, commit=None, require_gpu=False, dry_run=False,
-                step='eager', step_speed_s=0)
+                step='eager', step_speed_s=0, mode='processes')
     return argparse.Namespace(**{**base, **kw})
 
 def test_gpu_paper_runs_default_plan_is_the_budget_rows_seed_major():
@@ -136,10 +136,52 @@ def test_gpu_paper_runs_queues_runs_and_keeps_stopped_ones_for_the_next_window(t
     j2 = g.plan('softmax-if100', [0], tmp_path / 'w2', 'cpu', '.fmnist', epochs=2)[0]
     (tmp_path / 'w2').mkdir()
     j2.config['epochs'] = 'not-a-number'         # the child fails at once: only the hand-over of the checkpoint is checked here
-    _, p, lf, _ = g.start(j2, tmp_path / 'w2', _ns(tmp_path, resume_from=str(out)), open(os.devnull, 'w'), None)
+    _, p, lf, _ = g.start([j2], tmp_path / 'w2', _ns(tmp_path, resume_from=str(out)), open(os.devnull, 'w'), None)
     p.wait(120); lf.close()
     assert j2.config['resume'] is True and (Path(j2.out_dir) / 'checkpoint.pt').read_bytes() == b'ck'
 
+
+def test_gpu_paper_runs_plans_processes_or_groups_of_streams():
+    "--mode processes: one run per process, --parallel at once; --mode streams: groups of --parallel runs, one process each."
+    sys.path.insert(0, str(ROOT / 'benchmarks'))
+    import gpu_paper_runs as g
+    jobs = g.plan('softmax-if100,seesaw-if100,ours-if100', [0, 1], '/tmp/x', 'cuda', '.fmnist')
+    assert [len(u) for u in g.units(jobs, 'processes', 4)] == [1] * 6 and g._at_once('processes', 4) == 4
+    groups = g.units(jobs, 'streams', 4)
+    assert [len(u) for u in groups] == [4, 2] and [j for u in groups for j in u] == jobs and g._at_once('streams', 4) == 1
+    assert g._unit_name(groups[1], 'streams') == 'group-seesaw-if100-seed1'     # seed-major: the group of 4 takes softmax seed 1
+    args = [sys.executable, str(GPR), '--dry-run', '--rows', 'softmax-if100,seesaw-if100,ours-if100', '--seeds', '0', '--redo',
+            '--parallel', '2', '--step-speed-s', '0']
+    for mode, want in (([], ['mode: processes (each run its own process)', 'at most 2 at once (processes)']),     # the default
+                       (['--mode', 'streams'], ['mode: streams (groups of 2 runs, each group one process',
+                                                'process=group-softmax-if100-seed0', 'process=group-ours-if100-seed0'])):
+        r = subprocess.run(args + mode, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and all(w in r.stdout for w in want) and ('process=' in r.stdout) == bool(mode), r.stdout + r.stderr
+
+def test_gpu_paper_runs_streams_mode_trains_a_group_in_one_process(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / 'benchmarks'))
+    import gpu_paper_runs as g
+    _small(g, monkeypatch)
+    s = g.run(_ns(tmp_path, seeds='0', mode='streams'))      # 2 trial runs of one epoch, one train_many process, on the CPU
+    assert s['mode'] == 'streams' and [(r['row'], r['rc'], r['finished'], r['epochs_done']) for r in s['rows']] == \
+        [('softmax-if100', 0, True, 1), ('seesaw-if100', 0, True, 1)], s
+    assert (tmp_path / 'out' / 'fmnist_lt-seesaw-if100-seed0.metrics.json').is_file()
+    assert 'in group-softmax-if100-seed0 (one process, 2 runs)' in (tmp_path / 'out' / 'gpu_paper_runs.log').read_text()
+
+def test_many_speed_times_processes_against_streams(tmp_path):
+    "The CPU path of the GPU comparison, tiny: both modes train the same 2 runs; with eager steps their numbers are equal."
+    out = tmp_path / 'ms.json'
+    script = str(ROOT / 'benchmarks' / 'many_speed.py')
+    small = ['--device', 'cpu', '--runs', '2', '--losses', 'softmax,seesaw', '--epochs', '1', '--model', 'small_resnet', '--batch', '64',
+             '--limit-train', '200', '--limit-test', '100', '--step', 'eager', '--threads', '1']
+    r = subprocess.run([sys.executable, script, *small, '--dry-run'], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and 'run 1: seesaw seed 1' in r.stdout and 'processes: 2 processes' in r.stdout, r.stderr[-2000:]
+    r = subprocess.run([sys.executable, script, *small, '--out', str(out)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert [m['rcs'] for m in res['modes'].values()] == [[0, 0], [0]] and res['warm_up'] == {'skipped': 'step=eager'}
+    assert [(x['loss'], x['same'], x['max_abs_diff']) for x in res['per_run']] == [('softmax', True, 0), ('seesaw', True, 0)]
+    assert res['streams_vs_processes']['throughput'] > 0 and 'throughput ratio' in out.with_suffix('.md').read_text()
 
 def test_gpu_paper_runs_step_mode_goes_into_each_config_not_into_its_id():
     sys.path.insert(0, str(ROOT / 'benchmarks'))
