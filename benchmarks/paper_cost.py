@@ -1,8 +1,8 @@
 """What the paper's Tables 1-3 cost a reproducer: per-epoch times of the `paper` profiles on full-size files, projected to hours.
 
     python benchmarks/paper_cost.py [--tables table1,table2,table3] [--device cuda|cpu] [--steps 200] [--warmup 10]
-                                    [--step eager|compiled] [--families softmax,ours,seesaw,ghm] [--only GLOBS]
-                                    [--deadline-s 420] [--out DIR] [--dry-run] [--commit SHA]
+                                    [--step eager|compiled|aot_eager] [--families softmax,ours,seesaw,ghm] [--only GLOBS]
+                                    [--deadline-s 420] [--reuse DIR] [--out DIR] [--dry-run] [--commit SHA]
     python benchmarks/paper_cost.py --device cpu --steps 3 --warmup 1 --only 'cifar10_lt:*'     # a CPU trial
 
 1. Files in the real on-disk formats that ltpaper's readers read (nbs/02b_readers.ipynb), written into --data-dir
@@ -16,7 +16,8 @@
      iNaturalist 2017 (`inaturalist2017/train2017.json`, `val2017.json`, `train_val_images/<super>/<id>/*.jpg`, 5,089
      categories): a pool of --jpeg-train / --jpeg-test JPEGs at realistic sizes (500x375, about 108 KB, ImageNet's
      mean file size; 800x600, about 272 KB, iNaturalist 2017's 186 GB / 675,170 images), smooth images with noise.
-   Random pixels: the times depend on the image sizes and file sizes, not on what the images show.
+   Random pixels: the times depend on the image and file sizes, not on what the images show. The private helpers of
+   ltpaper.train used here (`_build_run`, `_epoch_pass`, `_fast_step`, `_setup_device`) are what `train` runs.
 2. For every row of each table, the `paper` profile's TrainConfig (ltpaper.tables.expand_table). A step's work depends
    on the dataset (model, batch, image size, classes, data path) and on the loss, not on the imbalance factor, which
    only sets the number of steps per epoch: so one measurement serves every IF of a (dataset, loss family). Families:
@@ -25,13 +26,16 @@
    effective_number, equalization, ...). A family left out of --families is timed by the softmax measurement: the
    plan and the summary say so, row by row.
 3. Each measurement builds the run as `ltpaper.train` does (`_build_run`: datasets, loaders, model, loss, SGD; the loss
-   then rebuilt with the real long-tailed class counts of the row, since the pools are balanced), takes --warmup steps,
-   then times --steps steps of `_epoch_pass` (the eager loop or the compiled step, with the weight monitor of `ours`),
-   the time to the first batch of a fresh epoch (loader start: workers, the epoch's draws), and the evaluation pass
-   (`ltpaper.evaluation.evaluate`) over --eval-batches batches. Datasets read from files (ImageNet, iNaturalist) are
-   tiled from the pool so that the timed steps are one epoch of the real loader (the repeated files come from the
-   page cache, as a real set does after its first epoch on a machine with enough memory); in-memory sets cycle
-   through their epochs.
+   then rebuilt with the real long-tailed class counts of the row, since the pools are balanced), takes --warmup steps
+   (at least 3 with a compiled step: `ours` recompiles at its second step), then times --steps steps of `_epoch_pass`
+   (the eager loop or the compiled step, with the weight monitor of `ours`; --step eager by default, what
+   `ltpaper reproduce --profile paper` runs), the time to the first batch of a fresh epoch (loader start: workers,
+   the epoch's draws), and the evaluation pass (`ltpaper.evaluation.evaluate`) over --eval-batches batches.
+   In-memory sets (CIFAR, Tiny-ImageNet: decoded once, on the device) cycle through their epochs; sets read from
+   files (ImageNet, iNaturalist: per-image decoding and augmentation in DataLoader workers) are tiled from the pool
+   so that the timed steps are one epoch of the real loader. The repeated files come from the page cache, as the
+   ImageNet-LT subset (about 30 GB) does after its first epoch on a 128 GB machine; iNaturalist 2017 (186 GB) does
+   not fit there, so its disk reads are NOT in the measurement.
 4. Seconds per epoch = loader start + steps per epoch (from the real long-tailed subset's size at that IF and the batch
    size, with the loader's rule for the last batch) x seconds per step + the evaluation pass (real test-set size x
    seconds per image + its loader start) x evaluations per epoch. A table's hours = sum over its rows of seeds x
@@ -40,7 +44,8 @@
 5. --deadline-s counts from the start: a measurement still running at the deadline stops (its timing is kept when at
    least --min-steps steps were timed, marked as cut short), the rest are reported "not measured", and every row
    that needs one of them has no projection: a table with such a row shows its total as missing, beside the sum of
-   its measured rows. Nothing is extrapolated.
+   its measured rows. Nothing is extrapolated. A later call with --reuse DIR (an earlier call's output, same device and
+   --step) keeps those measurements, marked with where they come from, and measures the rest.
 
 Writes paper_cost.json and paper_cost.md into --out (default benchmarks/results/paper_cost_<device>/, <device> the GPU's
 name or cpu<cores>-<arch>) and prints the Markdown. The device is in every title: a CPU trial is labelled as one.
@@ -197,10 +202,10 @@ def project(rows, s_epoch) -> dict:
 
 # ---------------------------------------------------------------------------------------------------- files in the real formats
 def _cifar_batch(x, labels, label_key, name, **extra) -> bytes:
-    "One CIFAR batch as the published files hold it: a Python-2 pickle with bytes keys."
-    d = {b'batch_label': name.encode(), label_key.encode(): labels.tolist(), b'data': x,
-         b'filenames': [f'img_{k}.png'.encode() for k in range(len(labels))], **{k.encode(): v for k, v in extra.items()}}
-    return pickle.dumps(d, protocol=2)
+    """One CIFAR batch with the keys and arrays the published files give `pickle.load(f, encoding='latin1')`, at their size
+    (those are Python-2 pickles; protocol 2 from Python 3 would store the image bytes 1.5x larger)."""
+    d = {'batch_label': name, label_key: labels.tolist(), 'data': x, 'filenames': [f'img_{k}.png' for k in range(len(labels))], **extra}
+    return pickle.dumps(d, protocol=4)
 
 def write_cifar10(root, seed=0) -> Path:
     "cifar-10-batches-py/ at the real sizes: 5 train batches of 10,000 (5,000 per class) and a test batch of 10,000."
@@ -213,8 +218,8 @@ def write_cifar10(root, seed=0) -> Path:
         (d/f'data_batch_{b + 1}').write_bytes(_cifar_batch(x, y[b * 10_000:(b + 1) * 10_000], 'labels', f'training batch {b + 1} of 5'))
     yt = rng.permutation(np.repeat(np.arange(10), 1000))
     (d/'test_batch').write_bytes(_cifar_batch(rng.integers(0, 256, (10_000, 3072), dtype=np.uint8), yt, 'labels', 'testing batch 1 of 1'))
-    (d/'batches.meta').write_bytes(pickle.dumps({b'label_names': [f'c{k}'.encode() for k in range(10)], b'num_cases_per_batch': 10_000,
-                                                 b'num_vis': 3072}, protocol=2))
+    (d/'batches.meta').write_bytes(pickle.dumps({'label_names': [f'c{k}' for k in range(10)], 'num_cases_per_batch': 10_000,
+                                                 'num_vis': 3072}, protocol=4))
     return d
 
 def write_cifar100(root, seed=0) -> Path:
@@ -226,8 +231,8 @@ def write_cifar100(root, seed=0) -> Path:
         y = rng.permutation(np.repeat(np.arange(100), n))
         x = rng.integers(0, 256, (len(y), 3072), dtype=np.uint8)
         (d/name).write_bytes(_cifar_batch(x, y, 'fine_labels', name, coarse_labels=(y // 5).tolist()))
-    (d/'meta').write_bytes(pickle.dumps({b'fine_label_names': [f'f{k}'.encode() for k in range(100)],
-                                         b'coarse_label_names': [f'c{k}'.encode() for k in range(20)]}, protocol=2))
+    (d/'meta').write_bytes(pickle.dumps({'fine_label_names': [f'f{k}' for k in range(100)],
+                                         'coarse_label_names': [f'c{k}' for k in range(20)]}, protocol=4))
     return d
 
 def _photo(seed, width, height, noise=JPEG_NOISE):
@@ -305,13 +310,15 @@ def write_dataset(name, root, ns) -> dict:
     "The files of one dataset under `root`; what was written (files, bytes, seconds)."
     t = time.perf_counter()
     w = ns.write_workers
-    if name == 'cifar10_lt': info = dict(folder=str(write_cifar10(root)), files=6, bytes=None)
-    elif name == 'cifar100_lt': info = dict(folder=str(write_cifar100(root)), files=2, bytes=None)
+    if name == 'cifar10_lt': info = dict(folder=str(write_cifar10(root)), files=None, bytes=None)
+    elif name == 'cifar100_lt': info = dict(folder=str(write_cifar100(root)), files=None, bytes=None)
     elif name == 'tinyimagenet_lt': info = write_tiny(root, ns.tiny_per_class, 10, workers=w)
     elif name == 'imagenet_lt_if100': info = write_imagenet(root, ns.jpeg_train, ns.jpeg_test, workers=w)
     elif name == 'inaturalist2017': info = write_inat(root, ns.jpeg_train, ns.jpeg_test, workers=w)
     else: raise ValueError(f'no writer for {name}')
-    if info['bytes'] is None: info['bytes'] = sum(p.stat().st_size for p in Path(info['folder']).iterdir())
+    if info['bytes'] is None:        # the pickles: report the largest (CIFAR-10's batches are 30.7 MB each, CIFAR-100's train 154 MB)
+        sizes = [p.stat().st_size for p in Path(info['folder']).iterdir()]
+        info.update(files=len(sizes), bytes=sum(sizes), largest_file_mb=round(max(sizes) / 1e6, 1))
     info['mean_file_kb'] = round(info['bytes'] / info['files'] / 1024, 1)
     info['write_s'] = round(time.perf_counter() - t, 1)
     return info
@@ -417,13 +424,15 @@ def _eval_pass(r, device, ns, stop_at) -> dict:
     _sync(device)
     t = time.perf_counter()
     try: evaluate(r.eval_model, w, ds.targets[bs:], K, r.groups, c.amp, c.channels_last)
-    except RuntimeError as e:
-        if w.done < ns.eval_batches: return dict(eval_status=f'not measured (deadline after {w.done} batches)')
-        raise
+    except RuntimeError:                # stopped by the deadline: evaluate saw fewer images than it was given
+        if w.done == ns.eval_batches: raise
     finally: it.close()
+    _sync(device)
     dt = time.perf_counter() - t
-    return dict(eval_status='measured', eval_images_timed=ns.eval_batches * bs, eval_s_per_image=dt / (ns.eval_batches * bs),
-                eval_images_per_s=ns.eval_batches * bs / dt, eval_batch_size=bs)
+    if not w.done: return dict(eval_status='not measured (deadline before the first timed batch)')
+    n = w.done * bs
+    return dict(eval_status='measured' if w.done == ns.eval_batches else f'cut short ({w.done} of {ns.eval_batches} batches)',
+                eval_images_timed=n, eval_s_per_image=dt / n, eval_images_per_s=n / dt, eval_batch_size=bs)
 
 def measure(m: Measurement, root, device, ns, stop_at) -> dict:
     "One measurement: build the run as `train` does, then its step, loader-start and evaluation timings."
@@ -450,7 +459,7 @@ def measure(m: Measurement, root, device, ns, stop_at) -> dict:
                    setup_s=round(setup, 2), train_start_s=first_batch_s(r.train_loader), eval_start_s=first_batch_s(r.test_loader))
         out.update(_train_steps(r, dev, ns, stop_at))
         if out['status'] != 'not measured': out.update(_eval_pass(r, dev, ns, stop_at))
-        if out.get('eval_status', 'measured') != 'measured': out['eval_s_per_image'] = None
+        if out.get('eval_s_per_image') is None: out['eval_s_per_image'] = None        # no evaluation time: its rows stay missing
         return out
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -506,7 +515,7 @@ def markdown(doc) -> str:
     for m in doc['measurements']:
         r = m['result']
         f = lambda k, fmt, x=1: fmt.format(x * r[k]) if r.get(k) is not None else ''
-        why = f"{r.get('status', 'not measured')}{': ' + r['why'] if r.get('why') else ''}"
+        why = f"{r.get('status', 'not measured')}{': ' + r['why'] if r.get('why') else ''}{' (kept from an earlier call)' if r.get('reused_from') else ''}"
         md.append(f"| {m['key']} | {m['from_row']} ({m['loss']}) | {why} | {r.get('data_path', '')} | {r.get('batch_size', '')} | "
                   f"{f('s_per_step', '{:.1f}', 1e3)} | {f('images_per_s', '{:,.0f}')} | {f('train_start_s', '{:.2f}')} | "
                   f"{f('eval_images_per_s', '{:,.0f}')} | {len(m['rows'])} |")
@@ -549,6 +558,18 @@ def dry_run(ns):
         for d, f in cells))
     return rows, meas
 
+def earlier(path, device_name, step) -> dict:
+    "The measurements of an earlier call's paper_cost.json (file or folder) on the same device and step mode: {key: result}."
+    if not path: return {}
+    f = Path(path)/'paper_cost.json' if Path(path).is_dir() else Path(path)
+    doc = json.loads(f.read_text())
+    if (doc['device'], doc['step'], doc.get('trial_batch')) != (device_name, step, None):
+        sys.exit(f"paper_cost.py: {f} was measured on {doc['device']} with step {doc['step']}"
+                 f"{' and batch ' + str(doc['trial_batch']) if doc.get('trial_batch') else ''}; this call: {device_name}, {step}; "
+                 "measurements of different set-ups are never mixed")
+    return {m['key']: dict(m['result'], reused_from=f"{f} ({doc['date']})") for m in doc['measurements']
+            if m['result'].get('status') in ('measured', 'cut short')}
+
 def run(ns) -> dict:
     import torch
     t0, stop_at = time.perf_counter(), time.monotonic() + ns.deadline_s
@@ -561,8 +582,11 @@ def run(ns) -> dict:
     rows, meas = make_plan(ns.tables, ns.families, ns.only)
     data_root = Path(ns.data_dir) if ns.data_dir else Path(tempfile.mkdtemp(prefix='paper_cost_data_'))
     data, results = {}, {}
+    kept = earlier(ns.reuse, name, ns.step) if not ns.trial_batch else {}
+    if ns.reuse and ns.trial_batch: sys.exit('paper_cost.py: --reuse keeps measurements of the paper profiles, not of a --trial-batch')
     try:
         for m in meas:
+            if m.key in kept: results[m.key] = kept[m.key]; continue
             left = stop_at - time.monotonic()
             if left <= 0: results[m.key] = dict(status='not measured', why='deadline before it started'); continue
             try:
@@ -598,7 +622,7 @@ def parse_args(argv=None):
     ap.add_argument('--tables', default=','.join(TABLES), help='comma-separated table configs (configs/<name>.yaml)')
     ap.add_argument('--device', default='cuda', choices=['cuda', 'cpu'], help='cuda (the default: a GPU number) or cpu (a trial)')
     ap.add_argument('--steps', type=int, default=200, help='timed training steps per measurement')
-    ap.add_argument('--warmup', type=int, default=10, help='untimed steps first (cuDNN autotuning, compilation, workers)')
+    ap.add_argument('--warmup', type=int, default=10, help='untimed steps first (cuDNN autotuning, compilation, workers; >= 3 when compiled)')
     ap.add_argument('--min-steps', type=int, default=10, help='a measurement cut by the deadline keeps its timing from this many steps')
     ap.add_argument('--eval-batches', type=int, default=10, help='timed evaluation batches per measurement (after one warm-up batch)')
     ap.add_argument('--eval-images', type=int, default=0, help='>0: cap the CIFAR test sets built (a CPU trial); times scale to the real size')
@@ -616,6 +640,8 @@ def parse_args(argv=None):
     ap.add_argument('--threads', type=int, default=0, help='>0: torch.set_num_threads')
     ap.add_argument('--data-dir', default=None, help='write the files here and keep them (default: a temporary folder, removed)')
     ap.add_argument('--out', default=None, help='output folder (default benchmarks/results/paper_cost_<device>/)')
+    ap.add_argument('--reuse', metavar='DIR', default=None,
+                    help="an earlier call's output (same device and --step): keep its measurements, measure only the rest")
     ap.add_argument('--commit', default=None, help='the git commit of this tree, recorded in the output (a device copy has no .git)')
     ap.add_argument('--dry-run', action='store_true', help='print the plan and run nothing')
     ns = ap.parse_args(argv)
@@ -626,6 +652,9 @@ def parse_args(argv=None):
     ns.only = [g for g in ns.only.split(',') if g] if ns.only else None
     if ns.steps < 1 or ns.warmup < 0 or ns.eval_batches < 1: ap.error('--steps and --eval-batches must be >= 1, --warmup >= 0')
     ns.min_steps = min(ns.min_steps, ns.steps)
+    if ns.step != 'eager' and ns.warmup < 3:     # the compiled step of `ours` compiles twice: its estimator's overflow buffer
+        ns.warmup = 3                            # changes shape after the first step (TORCH_LOGS=recompiles, measured here)
+        print('paper_cost.py: --warmup raised to 3 for a compiled step (the second step of `ours` recompiles)', file=sys.stderr)
     return ns
 
 if __name__ == '__main__':

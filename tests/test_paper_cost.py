@@ -39,6 +39,19 @@ def test_plan_measures_each_dataset_and_loss_family_once():
     assert next(r for r in rows2 if r.row == 'cifar10_lt-seesaw-if100').note == 'timed by cifar10_lt:softmax (seesaw is not in --families)'
 
 
+def test_measured_config_is_the_paper_rows_with_run_control_fields_only():
+    from ltpaper.config import TrainConfig, config_hash
+    _, meas = pc.make_plan(['table2'])
+    m = next(x for x in meas if x.key == 'imagenet_lt_if100:ours')
+    c = pc._run_config(m, '/data', 'cuda', pc.parse_args(['--step', 'compiled']))
+    assert c['imbalance_factor'] == 1 and c['num_workers'] == min(12, os.cpu_count()) and c['data_root'] == '/data'
+    assert (c['batch_size'], c['eval_batch_size'], c['model'], c['amp'], c['step']) == (512, 1024, 'resnet50', True, 'compiled')
+    assert config_hash(TrainConfig(**dict(c, imbalance_factor=100))) == config_hash(TrainConfig(**m.train))   # nothing else changed
+    trial = pc._run_config(m, '/data', 'cpu', pc.parse_args(['--device', 'cpu', '--trial-batch', '8', '--workers', '1']))
+    assert (trial['batch_size'], trial['eval_batch_size'], trial['num_workers']) == (8, 8, 1)
+    assert pc.parse_args(['--step', 'compiled', '--warmup', '0']).warmup == 3          # `ours` recompiles at its second step
+
+
 def test_real_sizes_and_steps_per_epoch():
     assert [pc.real_train_size('cifar10_lt', f) for f in (500, 100, 10, 1)] == [10_011, 12_406, 20_431, 50_000]   # data/README.md
     assert [pc.real_train_size('cifar100_lt', f) for f in (500, 100, 10, 1)] == [8_155, 10_847, 19_573, 50_000]
@@ -115,6 +128,26 @@ def test_deadline_zero_measures_nothing_and_projects_nothing(tmp_path, capsys):
     assert 'CPU TRIAL' in md and 'not a GPU measurement' in md and '| table2 | 14 | 14 | not measured |' in md
 
 
+def test_a_later_call_keeps_the_measurements_of_an_earlier_one_on_the_same_device(tmp_path):
+    import torch
+    name, _ = pc.device_label(torch.device('cpu'))
+    m = dict(status='measured', batch_size=128, s_per_step=0.01, train_start_s=0.5, eval_s_per_image=1e-4, eval_start_s=0.2)
+    prior = dict(device=name, step='eager', trial_batch=None, date='d', measurements=[dict(key='cifar10_lt:softmax', result=m),
+                 dict(key='cifar10_lt:ours', result=dict(status='not measured'))])
+    (tmp_path / 'a').mkdir()
+    (tmp_path / 'a' / 'paper_cost.json').write_text(json.dumps(prior))
+    doc = pc.run(pc.parse_args(['--device', 'cpu', '--deadline-s', '0', '--tables', 'table1', '--reuse', str(tmp_path / 'a'),
+                                '--out', str(tmp_path / 'b')]))
+    res = {x['key']: x['result'] for x in doc['measurements']}
+    assert res['cifar10_lt:softmax']['reused_from'].endswith('(d)') and res['cifar10_lt:ours']['status'] == 'not measured'
+    assert doc['tables']['table1']['measured_rows'] == 20 and doc['tables']['table1']['hours'] is None
+    assert 'kept from an earlier call' in (tmp_path / 'b' / 'paper_cost.md').read_text()
+    (tmp_path / 'a' / 'paper_cost.json').write_text(json.dumps(dict(prior, device='NVIDIA_H200')))
+    with pytest.raises(SystemExit, match='never mixed'):
+        pc.run(pc.parse_args(['--device', 'cpu', '--deadline-s', '0', '--tables', 'table1', '--reuse', str(tmp_path / 'a'),
+                              '--out', str(tmp_path / 'c')]))
+
+
 def test_dry_run_prints_the_plan(capsys):
     pc.dry_run(pc.parse_args(['--dry-run', '--tables', 'table2,table3']))
     out = capsys.readouterr().out
@@ -135,7 +168,7 @@ def test_cpu_trial_of_one_cell_end_to_end(tmp_path):
     res = m['result']
     assert res['status'] == 'measured' and res['steps_timed'] == 1 and res['batch_size'] == 128 and res['model'] == 'resnet32'
     assert res['train_images_in_files'] == 12_406 and res['data_path'] == 'device tensor (fast)' and res['eval_s_per_image'] > 0
-    assert doc['data']['cifar10_lt']['files'] == 6 and doc['data']['cifar10_lt']['bytes'] > 180e6          # the real size on disk
+    assert doc['data']['cifar10_lt']['files'] == 7 and 180e6 < doc['data']['cifar10_lt']['bytes'] < 190e6   # the real size on disk
     timed = {x['row']: x['s_per_epoch'] for x in doc['rows'] if x['key'] == 'cifar10_lt:softmax'}
     assert len(timed) == 20 and all(s > 0 for s in timed.values()) and timed['cifar10_lt-softmax-if1'] > timed['cifar10_lt-softmax-if500']
     t1 = doc['tables']['table1']
