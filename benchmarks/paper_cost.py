@@ -320,6 +320,7 @@ def write_dataset(name, root, ns) -> dict:
         sizes = [p.stat().st_size for p in Path(info['folder']).iterdir()]
         info.update(files=len(sizes), bytes=sum(sizes), largest_file_mb=round(max(sizes) / 1e6, 1))
     info['mean_file_kb'] = round(info['bytes'] / info['files'] / 1024, 1)
+    info['folder'] = str(Path(info['folder']).relative_to(root))          # under --data-dir (a temporary folder by default)
     info['write_s'] = round(time.perf_counter() - t, 1)
     return info
 
