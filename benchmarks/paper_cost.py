@@ -144,8 +144,9 @@ def _expand(tables, families) -> list:
         for r in expand_table(t, 'paper'):
             c, own = r.train, r.run_table == t
             key = f"{r.dataset}:{family(c['loss'], families)}"
+            runs_of = f'{r.run_table}/{r.run_row}'
             out.append((PlanRow(t, r.name, r.dataset, r.imbalance_factor, c['loss'], key, seeds, c['epochs'], c['batch_size'],
-                                c['eval_every'], own, f'{r.run_table}/{r.run_row}', '' if own else f'runs of {r.run_table}/{r.run_row}'), c))
+                                c['eval_every'], own, runs_of, '' if own else f'runs of {runs_of}'), c))
     return out
 
 def _pick(cands):
@@ -164,7 +165,8 @@ def make_plan(tables=TABLES, families=FAMILIES, only=None) -> tuple[list, list]:
         train = dict(c, loss=rep, loss_params=c['loss_params'] if c['loss'] == rep else {})
         odd = [f'{x.table}/{x.row}' for x, cx in mine if any(cx[k] != c[k] for k in _SHAPE)]
         if odd: raise ValueError(f'{key}: rows {odd[:3]} differ from {r.table}/{r.row} in {_SHAPE}: they need a measurement of their own')
-        meas[key] = Measurement(key, r.dataset, fam, rep, f'{r.table}/{r.row}', train, r.imbalance_factor, [f'{x.table}/{x.row}' for x, _ in mine])
+        meas[key] = Measurement(key, r.dataset, fam, rep, f'{r.table}/{r.row}', train, r.imbalance_factor,
+                                [f'{x.table}/{x.row}' for x, _ in mine])
         for x, cx in mine:
             if FAMILY.get(cx['loss'], 'softmax') != fam: x.note = f"timed by {key} ({cx['loss']} is not in --families)"
             elif (cx['loss'], cx['loss_params']) != (rep, train['loss_params']):
@@ -282,7 +284,8 @@ def write_imagenet(root, n_train=2048, n_test=1024, classes=1000, size=IMAGENET_
     "imagenet/train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (class-sorted val, as valprep.sh leaves it); image k in class k % classes."
     base = Path(root)/'imagenet'
     wnids = [f'n{1_440_764 + 7 * c:08d}' for c in range(classes)]
-    jobs = [(str(base/'train'/wnids[k % classes]/f'{wnids[k % classes]}_{k}.JPEG'), k, *size, JPEG_NOISE) for k in range(max(n_train, classes))]
+    jobs = [(str(base/'train'/wnids[k % classes]/f'{wnids[k % classes]}_{k}.JPEG'), k, *size, JPEG_NOISE)
+            for k in range(max(n_train, classes))]
     jobs += [(str(base/'val'/wnids[k % classes]/f'ILSVRC2012_val_{k + 1:08d}.JPEG'), 10**9 + k, *size, JPEG_NOISE)
              for k in range(max(n_test, classes))]          # every train class needs its val folder
     return dict(folder=str(base), files=len(jobs), bytes=write_jpegs(jobs, workers))
@@ -381,7 +384,6 @@ def _run_config(m: Measurement, root, device, ns) -> dict:
 
 def _train_steps(r, device, ns, stop_at) -> dict:
     "Warm-up, then timed steps of `_epoch_pass` (the loop `train` runs) on one continuous stream of batches."
-    import torch
     from ltpaper.data import make_loader
     from ltpaper.record import WeightMonitor, monitors_weights
     from ltpaper.train import _epoch_pass, lr_at
@@ -399,7 +401,9 @@ def _train_steps(r, device, ns, stop_at) -> dict:
     r.train_loader = Window(it, ns.warmup, stop_at)
     _epoch_pass(r, lr, sync_every, None, monitor)
     warm = time.perf_counter() - t
-    if r.train_loader.done < ns.warmup: it.close(); return dict(status='not measured', why='deadline during the warm-up steps')
+    if r.train_loader.done < ns.warmup:
+        it.close()
+        return dict(status='not measured', why='deadline during the warm-up steps')
     r.train_loader = w = Window(it, ns.steps, stop_at)
     _sync(device)
     t = time.perf_counter()
@@ -460,7 +464,7 @@ def measure(m: Measurement, root, device, ns, stop_at) -> dict:
                    setup_s=round(setup, 2), train_start_s=first_batch_s(r.train_loader), eval_start_s=first_batch_s(r.test_loader))
         out.update(_train_steps(r, dev, ns, stop_at))
         if out['status'] != 'not measured': out.update(_eval_pass(r, dev, ns, stop_at))
-        if out.get('eval_s_per_image') is None: out['eval_s_per_image'] = None        # no evaluation time: its rows stay missing
+        out.setdefault('eval_s_per_image', None)        # no evaluation time: its rows stay missing
         return out
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -516,7 +520,8 @@ def markdown(doc) -> str:
     for m in doc['measurements']:
         r = m['result']
         f = lambda k, fmt, x=1: fmt.format(x * r[k]) if r.get(k) is not None else ''
-        why = f"{r.get('status', 'not measured')}{': ' + r['why'] if r.get('why') else ''}{' (kept from an earlier call)' if r.get('reused_from') else ''}"
+        why = f"{r.get('status', 'not measured')}{': ' + r['why'] if r.get('why') else ''}"
+        why += ' (kept from an earlier call)' if r.get('reused_from') else ''
         md.append(f"| {m['key']} | {m['from_row']} ({m['loss']}) | {why} | {r.get('data_path', '')} | {r.get('batch_size', '')} | "
                   f"{f('s_per_step', '{:.1f}', 1e3)} | {f('images_per_s', '{:,.0f}')} | {f('train_start_s', '{:.2f}')} | "
                   f"{f('eval_images_per_s', '{:,.0f}')} | {len(m['rows'])} |")
@@ -554,9 +559,9 @@ def dry_run(ns):
     if skipped: print(f"not measured (--only): {len(skipped)} rows, e.g. {', '.join(skipped[:3])}")
     for note, n in reuse_groups([asdict(r) for r in rows if r.key in keys]).items(): print(f"reuse   {note}: {n} rows")
     cells = sorted({(r.dataset, r.imbalance_factor) for r in rows})
+    batch = {r.dataset: r.batch_size for r in rows}
     print('cells (dataset, IF -> real train images, steps/epoch): ' + '; '.join(
-        f"{d} {f:g} -> {real_train_size(d, f):,}, {steps_per_epoch(real_train_size(d, f), next(r.batch_size for r in rows if r.dataset == d))}"
-        for d, f in cells))
+        f"{d} {f:g} -> {real_train_size(d, f):,}, {steps_per_epoch(real_train_size(d, f), batch[d])}" for d, f in cells))
     return rows, meas
 
 def earlier(path, device_name, step) -> dict:
@@ -587,15 +592,20 @@ def run(ns) -> dict:
     if ns.reuse and ns.trial_batch: sys.exit('paper_cost.py: --reuse keeps measurements of the paper profiles, not of a --trial-batch')
     try:
         for m in meas:
-            if m.key in kept: results[m.key] = kept[m.key]; continue
+            if m.key in kept:
+                results[m.key] = kept[m.key]
+                continue
             left = stop_at - time.monotonic()
-            if left <= 0: results[m.key] = dict(status='not measured', why='deadline before it started'); continue
+            if left <= 0:
+                results[m.key] = dict(status='not measured', why='deadline before it started')
+                continue
             try:
                 if m.dataset not in data: data[m.dataset] = write_dataset(m.dataset, data_root, ns)
                 print(f'measuring {m.key} ({m.from_row}), {left:.0f} s left', file=sys.stderr, flush=True)
                 results[m.key] = measure(m, data_root, device, ns, stop_at)
             except Exception as e:          # one failing measurement must not lose the others
-                results[m.key] = dict(status='not measured', why=f'{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ""}')
+                first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ''
+                results[m.key] = dict(status='not measured', why=f'{type(e).__name__}: {first}')
             print(f"  {m.key}: {results[m.key].get('status')} {results[m.key].get('why', '')}", file=sys.stderr, flush=True)
     finally:
         if not ns.data_dir: shutil.rmtree(data_root, ignore_errors=True)
@@ -623,19 +633,25 @@ def parse_args(argv=None):
     ap.add_argument('--tables', default=','.join(TABLES), help='comma-separated table configs (configs/<name>.yaml)')
     ap.add_argument('--device', default='cuda', choices=['cuda', 'cpu'], help='cuda (the default: a GPU number) or cpu (a trial)')
     ap.add_argument('--steps', type=int, default=200, help='timed training steps per measurement')
-    ap.add_argument('--warmup', type=int, default=10, help='untimed steps first (cuDNN autotuning, compilation, workers; >= 3 when compiled)')
+    ap.add_argument('--warmup', type=int, default=10,
+                    help='untimed steps first (cuDNN autotuning, compilation, workers; >= 3 when compiled)')
     ap.add_argument('--min-steps', type=int, default=10, help='a measurement cut by the deadline keeps its timing from this many steps')
     ap.add_argument('--eval-batches', type=int, default=10, help='timed evaluation batches per measurement (after one warm-up batch)')
-    ap.add_argument('--eval-images', type=int, default=0, help='>0: cap the CIFAR test sets built (a CPU trial); times scale to the real size')
+    ap.add_argument('--eval-images', type=int, default=0,
+                    help='>0: cap the CIFAR test sets built (a CPU trial); times scale to the real size')
     ap.add_argument('--step', default='eager', choices=['eager', 'compiled', 'aot_eager'],
-                    help="TrainConfig.step: eager (what `ltpaper reproduce --profile paper` runs), compiled (nbs/04f_step.ipynb) or aot_eager (a CPU check of that path)")
-    ap.add_argument('--families', default=','.join(FAMILIES), help=f'loss families measured apart (others: softmax\'s); of {",".join(FAMILIES)}')
+                    help="TrainConfig.step: eager (what `ltpaper reproduce --profile paper` runs), compiled (nbs/04f_step.ipynb) "
+                         "or aot_eager (a CPU check of that path)")
+    ap.add_argument('--families', default=','.join(FAMILIES),
+                    help=f'loss families measured apart (others: softmax\'s); of {",".join(FAMILIES)}')
     ap.add_argument('--only', default=None, help="comma-separated globs of measurements 'dataset:family' to run (e.g. 'cifar10_lt:*')")
     ap.add_argument('--deadline-s', type=float, default=420, help='stop measuring after this many seconds from the start')
-    ap.add_argument('--workers', type=int, default=None, help="DataLoader workers of the file-based sets (default: the profile's, at most the cores)")
+    ap.add_argument('--workers', type=int, default=None,
+                    help="DataLoader workers of the file-based sets (default: the profile's, at most the cores)")
     ap.add_argument('--write-workers', type=int, default=min(16, os.cpu_count() or 1), help='processes writing the JPEGs')
     ap.add_argument('--tiny-per-class', type=int, default=50, help='Tiny-ImageNet train JPEGs per class (the real set has 500)')
-    ap.add_argument('--jpeg-train', type=int, default=2048, help='ImageNet / iNaturalist train JPEGs in the pool (at least one per class for ImageNet)')
+    ap.add_argument('--jpeg-train', type=int, default=2048,
+                    help='ImageNet / iNaturalist train JPEGs in the pool (at least one per class for ImageNet)')
     ap.add_argument('--jpeg-test', type=int, default=1024, help='ImageNet / iNaturalist test JPEGs in the pool')
     ap.add_argument('--trial-batch', type=int, default=None, help='override batch sizes (a CPU trial of ResNet-50: NOT the paper profile)')
     ap.add_argument('--threads', type=int, default=0, help='>0: torch.set_num_threads')
@@ -649,7 +665,8 @@ def parse_args(argv=None):
     ns.tables = [t for t in ns.tables.split(',') if t]
     ns.families = [f for f in ns.families.split(',') if f]
     bad = [f for f in ns.families if f not in FAMILIES]
-    if bad or 'softmax' not in ns.families: ap.error(f'--families: {bad or "softmax is needed"}; choose from {",".join(FAMILIES)} (softmax always)')
+    if bad or 'softmax' not in ns.families:
+        ap.error(f'--families: {bad or "softmax is needed"}; choose from {",".join(FAMILIES)} (softmax always)')
     ns.only = [g for g in ns.only.split(',') if g] if ns.only else None
     if ns.steps < 1 or ns.warmup < 0 or ns.eval_batches < 1: ap.error('--steps and --eval-batches must be >= 1, --warmup >= 0')
     ns.min_steps = min(ns.min_steps, ns.steps)

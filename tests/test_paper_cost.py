@@ -22,14 +22,16 @@ def test_plan_measures_each_dataset_and_loss_family_once():
     assert set(keys) == want and len(keys) == len(want)
     assert [m.family for m in meas][:5] == ['softmax'] * 5            # every dataset's baseline first (the deadline cuts the rest)
     by = {m.key: m for m in meas}
-    assert by['cifar10_lt:softmax'].from_row == 'table1/cifar10_lt-softmax-if100' and by['cifar10_lt:ours'].train['loss_params']['binning'] == 'aura'
+    assert by['cifar10_lt:softmax'].from_row == 'table1/cifar10_lt-softmax-if100'
+    assert by['cifar10_lt:ours'].train['loss_params']['binning'] == 'aura'
     assert by['tinyimagenet_lt:ours'].train['loss_params']['bins'] == 30                      # Tiny-ImageNet's own bins
     assert by['imagenet_lt_if100:softmax'].train['batch_size'] == 512 and by['imagenet_lt_if100:softmax'].train['model'] == 'resnet50'
     row = {f'{r.table}/{r.row}': r for r in rows}
     assert row['table1/cifar10_lt-focal-if10'].key == 'cifar10_lt:softmax' and 'focal' in row['table1/cifar10_lt-focal-if10'].note
     assert row['table1/cifar100_lt-ours_tuned-if500'].key == 'cifar100_lt:ours'
     assert row['table1/cifar10_lt-softmax-if500'].note == ''           # same config as the measurement but for the IF
-    assert row['table3/imagenet_lt_if100-ours_r_cum'].key == 'imagenet_lt_if100:ours' and 'ours_study' in row['table3/imagenet_lt_if100-ours_r_cum'].note
+    r_cum = row['table3/imagenet_lt_if100-ours_r_cum']
+    assert r_cum.key == 'imagenet_lt_if100:ours' and 'ours_study' in r_cum.note
     shared = sorted(k for k, r in row.items() if not r.own)            # Table 3's rows that are Table 2's runs
     assert shared == [f'table3/imagenet_lt_if100-{m}' for m in ('ours_r_a_au', 'ours_tuned', 'seesaw', 'softmax')]
     assert len(by['imagenet_lt_if100:ours'].rows) == 6 and all(r.seeds == 1 for r in rows)
@@ -99,12 +101,15 @@ def test_jpeg_files_load_through_the_project_readers(tmp_path):
     from ltpaper.data import build_dataset
     pc.write_tiny(tmp_path, per_class=3, val_per_class=2, classes=4)
     ds = build_dataset('tinyimagenet_lt', root=tmp_path, imbalance_factor=1)
-    assert len(ds) == 12 and tuple(ds.images.shape[1:]) == (3, 64, 64) and len(build_dataset('tinyimagenet_lt', root=tmp_path, imbalance_factor=1, split='test')) == 8
+    assert len(ds) == 12 and tuple(ds.images.shape[1:]) == (3, 64, 64)
+    assert len(build_dataset('tinyimagenet_lt', root=tmp_path, imbalance_factor=1, split='test')) == 8
     info = pc.write_imagenet(tmp_path, n_train=7, n_test=2, classes=3)
     assert info['files'] == 10 and 70_000 < info['bytes'] / info['files'] < 150_000          # ImageNet's mean file: about 110 KB
     ds = build_dataset('imagenet_lt_if100', root=tmp_path, imbalance_factor=1)
     assert ds.num_classes == 3 and len(ds) == 6 and ds.raw(0).size == pc.IMAGENET_SIZE   # 2 per class (the mean, floored)
     assert len(build_dataset('imagenet_lt_if100', root=tmp_path, imbalance_factor=1, split='test')) == 3    # a val folder for every class
+    jobs = [(str(tmp_path / 'many' / f'{k}.jpg'), k, 16, 12, 8) for k in range(64)]
+    assert pc.write_jpegs(jobs, workers=2) == sum(os.path.getsize(j[0]) for j in jobs)      # in 2 processes
     pc.write_inat(tmp_path, n_train=4, n_test=2, classes=7, size=(80, 60))
     ds = build_dataset('inaturalist2017', root=tmp_path)
     assert ds.num_classes == 7 and len(ds) == 4 and len(build_dataset('inaturalist2017', root=tmp_path, split='test')) == 2
