@@ -586,10 +586,10 @@ def run(ns) -> dict:
     name, words = device_label(device)
     out = Path(ns.out) if ns.out else ROOT/'benchmarks'/'results'/f'paper_cost_{name}'
     rows, meas = make_plan(ns.tables, ns.families, ns.only)
+    if ns.reuse and ns.trial_batch: sys.exit('paper_cost.py: --reuse keeps measurements of the paper profiles, not of a --trial-batch')
+    kept = earlier(ns.reuse, name, ns.step)
     data_root = Path(ns.data_dir) if ns.data_dir else Path(tempfile.mkdtemp(prefix='paper_cost_data_'))
     data, results = {}, {}
-    kept = earlier(ns.reuse, name, ns.step) if not ns.trial_batch else {}
-    if ns.reuse and ns.trial_batch: sys.exit('paper_cost.py: --reuse keeps measurements of the paper profiles, not of a --trial-batch')
     try:
         for m in meas:
             if m.key in kept:
