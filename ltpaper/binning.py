@@ -38,14 +38,18 @@ def _block_masses(rows, depth):
     return torch.cat(masses[::-1], 1) if depth else rows
 
 # %% ../nbs/01_binning.ipynb #11f333eb
+def _cached(cache, key, make):
+    "cache[key], made once; while dynamo traces, made in the graph (a cache filled during tracing fails its guard: a 2nd compile)."
+    if torch.compiler.is_compiling(): return make()
+    if key not in cache: cache[key] = make()
+    return cache[key]
+
 _CHILD_WIDTH = {}
 def _child_width(bins, depth, device, dtype):
     "Width, in fine cells, of each child of the blocks of levels 0..depth-1 (cached: a constant of (bins, depth))."
-    key = (bins, depth, str(device), dtype)
-    if key not in _CHILD_WIDTH:
-        widths = [torch.full((bins * 2 ** l,), 2.0 ** (depth - l - 1), dtype=dtype) for l in range(depth)]
-        _CHILD_WIDTH[key] = torch.cat(widths).to(device)
-    return _CHILD_WIDTH[key]
+    def make():
+        return torch.cat([torch.full((bins * 2 ** l,), 2.0 ** (depth - l - 1), dtype=dtype) for l in range(depth)]).to(device)
+    return _cached(_CHILD_WIDTH, (bins, depth, str(device), dtype), make)
 
 def _nonempty_width(M, thr, bins, depth, dtype):
     "Z of each row: total width (a fraction of [0, 1)) of its non-empty final blocks."
@@ -98,12 +102,11 @@ def dyadic_blocks(hist):
 _PYRAMID = {}
 def _pyramid_steps(n, device, first=0):
     "Per pyramid level L = first..K-1: (right shift taking a fine cell to its block, position of the level's block 0)."
-    key = (n, str(device), first)
-    if key not in _PYRAMID:
+    def make():
         K, b = _halvings(n), n >> _halvings(n)
         L = torch.arange(first, K)
-        _PYRAMID[key] = ((K - L).to(device), (b * (2 ** L - 1)).to(device))
-    return _PYRAMID[key]
+        return (K - L).to(device), (b * (2 ** L - 1)).to(device)
+    return _cached(_PYRAMID, (n, str(device), first), make)
 
 def _pyramid_index(cls, cell, n, P, first=0):
     "(B, K - first) flat positions, in a (C, P) pyramid buffer, of the blocks of levels first.. holding each (class, fine cell)."
@@ -122,8 +125,7 @@ def _take(flat, pos):
 _WALK = {}
 def _walk_plan(n, bins, depth, cap, device, dtype):
     "The walk's constants, cached: base bins of class 0 and class pitch, per level (children in hist?), child offsets, widths."
-    key = (n, bins, depth, cap, str(device), dtype)
-    if key not in _WALK:
+    def make():
         K, b = _halvings(n), n >> _halvings(n)
         P, L0 = b * (2 ** K - 1), K - depth
         in_hist = L0 == K                                               # depth 0: the base bins are the fine cells
@@ -139,8 +141,8 @@ def _walk_plan(n, bins, depth, cap, device, dtype):
             widths.append(-2.0 ** (K - L - 1))                          # - an empty kid's width (dense parent)
         step = torch.stack(steps)[:, None, None, :].to(device) if steps else None   # (levels, 1, 1, 2)
         stride = torch.tensor(strides)[:, None, None, None].to(device) if steps else None
-        _WALK[key] = (base.to(device), n if in_hist else P, in_hist, fine, step, stride, torch.tensor(widths, dtype=dtype).to(device))
-    return _WALK[key]
+        return (base.to(device), n if in_hist else P, in_hist, fine, step, stride, torch.tensor(widths, dtype=dtype).to(device))
+    return _cached(_WALK, (n, bins, depth, cap, str(device), dtype), make)
 
 def _running_width(blocks, hist, rc, bins, depth, tau, static=None):
     "(Z, total, thr) of each row's class rc (R,), walking down from the base bins through the heaviest blocks of each level."
@@ -185,9 +187,8 @@ def running_block_stats(blocks, hist, row_class, cell, bins, depth=0, tau=float(
 _LEVEL_WIDTH = {}
 def _level_width(bins, depth, device, dtype):
     "Width of a final block of each level 0..depth, 2**-level / bins (cached: a constant of (bins, depth))."
-    key = (bins, depth, str(device), dtype)
-    if key not in _LEVEL_WIDTH: _LEVEL_WIDTH[key] = ((2.0 ** -torch.arange(depth + 1).to(dtype)) / bins).to(device)
-    return _LEVEL_WIDTH[key]
+    make = lambda: ((2.0 ** -torch.arange(depth + 1).to(dtype)) / bins).to(device)
+    return _cached(_LEVEL_WIDTH, (bins, depth, str(device), dtype), make)
 
 def density_weights(rows, cell, bins, depth=0, tau=None, normalization='decoupled', widths=None, row_index=None,
                     estimator=None, row_class=None):
@@ -325,9 +326,15 @@ class WindowHistogram(_SlotHistogram):
         self._add(torch.cat([old, gone.clamp(min=0), new]),           # every sample counts (slot or overflow); sums are exact
                   torch.cat([out, -(gone >= 0).to(out.dtype), torch.ones_like(out)]))
         over = torch.where(keep, -1, new)
-        if self.overflow.shape == over.shape: self.overflow.copy_(over)   # in place (a compiled graph keeps its buffers)
-        else: self.overflow = over                               # the first step, or a new batch size
+        if len(over) <= len(self.overflow):                      # in place (a compiled graph keeps its buffers); a
+            self.overflow[:len(over)].copy_(over)                # smaller batch pads with -1 (none), which adds nothing
+            self.overflow[len(over):].fill_(-1)
+        else: self.overflow = over                               # the first step, or a larger batch than any before
         self.ptr.copy_(ptr)
+
+    def reserve(self, n):
+        "Give `overflow` room for batches of n samples now, so that a compiled step sees the same buffer from its first call."
+        if len(self.overflow) < n: self.overflow = torch.full((n,), -1, dtype=torch.long, device=self.overflow.device)
 
 # %% ../nbs/01_binning.ipynb #c00527d5
 class BankHistogram(_SlotHistogram):

@@ -143,6 +143,8 @@ def __call__(self: TrainStep, x, y, idx):
     "One step: compiled for batches of `batch_size`, uncompiled for any other size (shapes stay static)."
     if self.batch_size is None: self.batch_size = len(y)
     if self.compiled is None or len(y) != self.batch_size: return self.step(x, y, idx)
+    for m in self.loss_fn.modules():                             # per-batch buffers get their size before the first capture
+        if hasattr(m, 'reserve'): m.reserve(len(y))
     if self.cuda_graphs:
         torch.compiler.cudagraph_mark_step_begin()
         before = self._loss_buffers()
