@@ -14,10 +14,21 @@ from .binning import ESTIMATORS, fine_cell, density_weights, all_gather_cat
 from .loss_base import LTLoss, _check, _check_num
 
 # %% ../nbs/00d_ours.ipynb #0a0d42a4
+class _AddMargins(torch.autograd.Function):
+    "z + gamma * M, written over M (built here, so no second (B, C) buffer); the gradient passes to z unchanged."
+    @staticmethod
+    def forward(ctx, logits, target, log_s, gamma):
+        m = (log_s[None, :] - log_s[target][:, None]).clamp_(max=0)   # (B, C) constant: built in place
+        return torch.add(logits, m, alpha=gamma, out=m)                # one fused pass for z + gamma * m
+
+    @staticmethod
+    def backward(ctx, grad): return grad, None, None, None
+
 def margin_logits(logits, target, log_s, gamma):
     "z + gamma * min(0, log S_n - log S_{y_i}): one-sided logit margins, a (B, C) tensor."
-    m = (log_s[None, :] - log_s[target][:, None]).clamp_(max=0)   # (B, C) constant: built in place
-    return torch.add(logits, m, alpha=gamma)                       # one fused pass for z + gamma * m
+    if logits.dtype == log_s.dtype and not torch.compiler.is_compiling(): return _AddMargins.apply(logits, target, log_s, gamma)
+    m = (log_s[None, :] - log_s[target][:, None]).clamp_(max=0)   # compiled graphs fuse this themselves
+    return torch.add(logits, m, alpha=gamma)
 
 # %% ../nbs/00d_ours.ipynb #57c22803
 def ours_loss(logits,      # (B, C) raw logits z
