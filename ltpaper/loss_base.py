@@ -6,7 +6,7 @@
 __all__ = ['counts_from_labels', 'LTLoss']
 
 # %% ../nbs/00c_loss_base.ipynb #08941e34
-import math, numbers
+import contextlib, math, numbers
 from collections.abc import Mapping
 import torch
 import torch.nn as nn
@@ -63,6 +63,7 @@ class LTLoss(nn.Module):
     per_sample_weights = False     # True: `last_weights` is a detached (B,) tensor of per-sample weights (ours*)
     last_weights = None            # re-weighting losses: the weights of the last batch (see each loss for meaning and scale)
     update_stats: bool|None = None  # None: statistics update in train() mode with autograd on; True/False: always/never
+    checks_own_losses = False      # True: forward keeps the statistics when a per-sample loss is not finite (CPU, eager)
 
     def __init__(self, class_counts):
         super().__init__()
@@ -96,6 +97,7 @@ class LTLoss(nn.Module):
         if self.update_stats is not None: return bool(self.update_stats)
         if not (self.training and torch.is_grad_enabled()): return False
         if logits.device.type != 'cpu' or torch.compiler.is_compiling(): return True   # no host sync on accelerators
+        if self.checks_own_losses: return True          # its forward decides from its per-sample losses
         if torch.isfinite(logits.sum()): return True    # one cheap reduction: non-finite anywhere makes it inf or nan,
         lo, hi = torch.aminmax(logits)                  # but so may an overflow of finite logits: the extremes decide
         return bool(torch.isfinite(lo) & torch.isfinite(hi))
@@ -106,6 +108,16 @@ class LTLoss(nn.Module):
             return logits.sum() * 0 if logits.dtype == torch.float64 else logits.float().sum() * 0
         if not self.stateful or not torch.is_tensor(logits) or self.updates_stats(logits):
             return super().__call__(logits, target, index)
-        saved = {k: v.clone() for k, v in self.state_dict().items()}   # use the statistics, then put them back
-        try: return super().__call__(logits, target, index)
+        with self.statistics_kept(): return super().__call__(logits, target, index)   # use the statistics, put them back
+
+    @contextlib.contextmanager
+    def statistics_kept(self):
+        "Run the block with the running statistics, then put them back as they were."
+        saved = {k: v.clone() for k, v in self.state_dict().items()}
+        try: yield
         finally: self.load_state_dict(saved)
+
+    def keeps_stats_for(self, losses) -> bool:
+        "With `checks_own_losses`: whether these per-sample losses leave the statistics unchanged (one not finite, CPU, eager)."
+        if self.update_stats is not None or losses.device.type != 'cpu' or torch.compiler.is_compiling(): return False
+        return not bool(torch.isfinite(losses).all())

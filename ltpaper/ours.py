@@ -6,6 +6,7 @@
 __all__ = ['OURS_BINNINGS', 'margin_logits', 'ours_loss', 'IntraStats', 'OursLoss']
 
 # %% ../nbs/00d_ours.ipynb #3f135329
+import contextlib
 from typing import NamedTuple
 from fastcore.basics import patch
 import torch
@@ -58,6 +59,7 @@ OURS_BINNINGS = ('ura', 'aura')
 class OursLoss(LTLoss):
     "Eq. L: category-wise gradient harmonizing with adaptive bin precision (A) plus one-sided logit margins (R)."
     stateful = True
+    checks_own_losses = True        # a non-finite per-sample loss (a NaN or +inf logit) keeps the statistics
     per_sample_weights = True       # last_weights (B,): w_i, mean 1 inside each category (ones when A is off)
     def __init__(self, class_counts,
                  gamma: float = 0.8,            # R: margin strength, M = gamma * min(0, log n_n - log n_y) (Seesaw's p)
@@ -155,7 +157,10 @@ def forward(self: OursLoss, logits, target, index=None):
     z, y = self.check_inputs(logits, target)
     z_adj = margin_logits(z, y, self.log_s().to(z.dtype), self.gamma) if self.use_margin else z
     ce = F.cross_entropy(z_adj, y, reduction='none')
-    stats = self.intra_stats(z, z_adj, y, index, ce) if self.use_intra else None
+    kept = self.statistics_kept() if self.use_intra and self.keeps_stats_for(ce) else contextlib.nullcontext()
+    with kept: stats = self.intra_stats(z, z_adj, y, index, ce) if self.use_intra else None
     w = stats.weights.to(ce.dtype) if stats is not None else torch.ones_like(ce)
     self.last_weights, self.last_g = w, (stats.g if stats is not None else None)
     return (w * ce).mean()
+
+

@@ -21,6 +21,7 @@ MARGIN_SOURCES = ('static', 'cumulative', 'density_sample', 'density_hist')
 
 class OursStudyLoss(OursLoss):
     "The paper's loss with every reading of the intra-balance study behind a flag (defaults: the paper's reading)."
+    checks_own_losses = False       # its cumulative margin counts update before the losses exist: the logits are checked
     def __init__(self, class_counts, gamma=0.8, bins=10, use_margin=True, use_intra=True, binning='aura',
                  aura_tau=None, aura_depth=7, estimator='window', momentum=0.7,
                  normalization: str = 'decoupled',   # 'decoupled' (paper) | 'raw'
