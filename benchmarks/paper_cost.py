@@ -386,6 +386,7 @@ def _train_steps(r, device, ns, stop_at) -> dict:
     "Warm-up, then timed steps of `_epoch_pass` (the loop `train` runs) on one continuous stream of batches."
     from ltpaper.data import make_loader
     from ltpaper.record import WeightMonitor, monitors_weights
+    from ltpaper.step import drain
     from ltpaper.train import _epoch_pass, lr_at
     c = r.c
     loader = r.train_loader
@@ -399,7 +400,7 @@ def _train_steps(r, device, ns, stop_at) -> dict:
     monitor = WeightMonitor(r.train_set.num_classes, device) if monitors_weights(r.loss_fn, c.loss) else None
     t = time.perf_counter()
     r.train_loader = Window(it, ns.warmup, stop_at)
-    _epoch_pass(r, lr, sync_every, None, monitor)
+    drain(_epoch_pass(r, lr, sync_every, None, monitor))   # a generator (one yield per step): run to its end
     warm = time.perf_counter() - t
     if r.train_loader.done < ns.warmup:
         it.close()
@@ -407,7 +408,7 @@ def _train_steps(r, device, ns, stop_at) -> dict:
     r.train_loader = w = Window(it, ns.steps, stop_at)
     _sync(device)
     t = time.perf_counter()
-    _epoch_pass(r, lr, sync_every, None, monitor)   # ends with a read of the loss totals from the device
+    drain(_epoch_pass(r, lr, sync_every, None, monitor))   # ends with a read of the loss totals from the device
     _sync(device)
     dt = time.perf_counter() - t
     it.close()
