@@ -26,10 +26,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-CHILD_ONE = ("import json, sys; from ltpaper.config import TrainConfig; from ltpaper.train import train; "
-             "train(TrainConfig(**json.load(open(sys.argv[1]))))")
-CHILD_MANY = ("import json, sys; from ltpaper.config import TrainConfig; from ltpaper.many import train_many; "
-              "train_many([TrainConfig(**d) for d in json.load(open(sys.argv[1]))])")
+sys.path.insert(0, str(ROOT / 'benchmarks'))
+from gpu_paper_runs import CHILD as CHILD_ONE, CHILD_MANY   # the one-run and many-run child processes
 
 
 def configs(a, root: Path, n: int | None = None, epochs: int | None = None, limit_train: int | None = None) -> list[dict]:

@@ -16,7 +16,7 @@ from ltpaper.models import build_model
 from ltpaper.step import TrainStep
 from ltpaper.train import NonFiniteLossError, train
 
-from helpers import FMNIST, ROOT, comparable, env, smoke
+from helpers import FMNIST, ROOT, NaNFromEpoch2, comparable, env, smoke
 
 need_fmnist = pytest.mark.skipif(not (FMNIST / 'train-images-idx3-ubyte.gz').exists() and not (ROOT / 'data' / 'FashionMNIST').exists(),
                                  reason='Fashion-MNIST files not found')
@@ -147,18 +147,9 @@ def test_fast_step_continues_an_eager_checkpoint(tmp_path, monkeypatch):
     assert mixed['history'][1]['train_loss'] == pytest.approx(eager['history'][1]['train_loss'], rel=1e-5)
 
 
-class _NaNFromEpoch2(torch.nn.Module):
-    "Softmax CE that is infinite in the second of two epochs (progress 1/2; a buffer: set in place, no recompiling)."
-    def __init__(self, class_counts):
-        super().__init__()
-        self.register_buffer('progress', torch.zeros(()))
-    def set_progress(self, frac): self.progress.fill_(frac)
-    def forward(self, logits, y, index=None):
-        return torch.nn.functional.cross_entropy(logits, y) / (1 - 2 * self.progress)
-
 @need_fmnist
 def test_fast_step_stops_on_a_non_finite_loss_keeping_the_last_good_checkpoint(tmp_path):
-    LOSSES['nan_from_2'] = _NaNFromEpoch2
+    LOSSES['nan_from_2'] = NaNFromEpoch2
     try:
         with pytest.raises(NonFiniteLossError, match=r'non-finite training loss at epoch 2/2, step 1/'):
             train(smoke(tmp_path / 'nan', loss='nan_from_2', step='aot_eager'))

@@ -14,7 +14,7 @@ from ltpaper.many import _own_compiled, train_many
 from ltpaper.step import TrainStep
 from ltpaper.train import NonFiniteLossError, train
 
-from helpers import FMNIST, ROOT, comparable, smoke
+from helpers import FMNIST, ROOT, NaNFromEpoch2, comparable, smoke
 
 need_fmnist = pytest.mark.skipif(not (FMNIST / 'train-images-idx3-ubyte.gz').exists() and not (ROOT / 'data' / 'FashionMNIST').exists(),
                                  reason='Fashion-MNIST files not found')
@@ -101,18 +101,9 @@ def test_each_run_can_compile_its_own_graph():
     assert all(torch.equal(p, q) for p, q in zip(a.params, b.params))
 
 
-class _NaNFromEpoch2(torch.nn.Module):
-    "Softmax CE that is infinite in the second epoch (progress 1/2)."
-    def __init__(self, class_counts):
-        super().__init__()
-        self.register_buffer('progress', torch.zeros(()))
-    def set_progress(self, frac): self.progress.fill_(frac)
-    def forward(self, logits, y, index=None):
-        return torch.nn.functional.cross_entropy(logits, y) / (1 - 2 * self.progress)
-
 @need_fmnist
 def test_a_failing_run_leaves_the_others_to_finish(tmp_path):
-    LOSSES['nan_from_2'] = _NaNFromEpoch2
+    LOSSES['nan_from_2'] = NaNFromEpoch2
     try:
         with pytest.raises(NonFiniteLossError, match=r'non-finite training loss at epoch 2/2, step 1/'):
             train_many([smoke(tmp_path / 'nan', loss='nan_from_2'), smoke(tmp_path / 'ok', epochs=3, limit_train=200)])
