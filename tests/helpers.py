@@ -100,3 +100,17 @@ class NaNFromEpoch2(torch.nn.Module):
     def set_progress(self, frac): self.progress.fill_(frac)
     def forward(self, logits, y, index=None):
         return torch.nn.functional.cross_entropy(logits, y) / (1 - 2 * self.progress)
+
+
+class Stop(Exception):
+    "Raised by `stop_after_first_checkpoint`: a run stopped as if killed."
+
+def stop_after_first_checkpoint(monkeypatch):
+    "Make `train` stop (as if killed) right after writing the checkpoint of epoch 1."
+    import ltpaper.train as tr
+    orig = tr._record_epoch
+    def record(r, st, epoch, *a, **k):
+        out = orig(r, st, epoch, *a, **k)
+        if epoch == 0: raise Stop()
+        return out
+    monkeypatch.setattr(tr, '_record_epoch', record)

@@ -16,7 +16,7 @@ from ltpaper.models import build_model
 from ltpaper.step import TrainStep
 from ltpaper.train import NonFiniteLossError, train
 
-from helpers import FMNIST, ROOT, NaNFromEpoch2, comparable, env, smoke
+from helpers import FMNIST, ROOT, NaNFromEpoch2, Stop, comparable, env, smoke, stop_after_first_checkpoint
 
 need_fmnist = pytest.mark.skipif(not (FMNIST / 'train-images-idx3-ubyte.gz').exists() and not (ROOT / 'data' / 'FashionMNIST').exists(),
                                  reason='Fashion-MNIST files not found')
@@ -108,18 +108,6 @@ def test_step_flag_parses_and_is_not_part_of_the_run_id(tmp_path):
     with pytest.raises(ValueError, match="step='eager' under torchrun"): tr._fast_step(r)
 
 
-class _Stop(Exception): pass
-
-def _stop_after_first_checkpoint(monkeypatch):
-    "Make `train` stop (as if killed) right after writing the checkpoint of epoch 1."
-    orig = tr._record_epoch
-    def record(r, st, epoch, *a, **k):
-        out = orig(r, st, epoch, *a, **k)
-        if epoch == 0: raise _Stop()
-        return out
-    monkeypatch.setattr(tr, '_record_epoch', record)
-
-
 @need_fmnist
 def test_fast_run_resumes_exactly_and_matches_eager(tmp_path, monkeypatch):
     "ours (stateful, weight statistics recorded): a fast run stopped after epoch 1 and resumed equals the uninterrupted one."
@@ -131,16 +119,16 @@ def test_fast_run_resumes_exactly_and_matches_eager(tmp_path, monkeypatch):
     assert abs(fast['last']['top1'] - eager['last']['top1']) <= 1.0          # at most 2 of the 200 test images differ
     assert fast['history'][0]['weights']['mean_per_class'] == pytest.approx(eager['history'][0]['weights']['mean_per_class'], abs=1e-4)
     with monkeypatch.context() as mp:
-        _stop_after_first_checkpoint(mp)
-        with pytest.raises(_Stop): train(cfg('cut'))
+        stop_after_first_checkpoint(mp)
+        with pytest.raises(Stop): train(cfg('cut'))
     assert json.loads(json.dumps(comparable(train(cfg('cut', resume=True))))) == json.loads(json.dumps(comparable(fast)))
 
 
 @need_fmnist
 def test_fast_step_continues_an_eager_checkpoint(tmp_path, monkeypatch):
     with monkeypatch.context() as mp:
-        _stop_after_first_checkpoint(mp)
-        with pytest.raises(_Stop): train(smoke(tmp_path / 'run'))
+        stop_after_first_checkpoint(mp)
+        with pytest.raises(Stop): train(smoke(tmp_path / 'run'))
     mixed = train(smoke(tmp_path / 'run', step='aot_eager', resume=True))
     eager = train(smoke(tmp_path / 'eager'))
     assert mixed['history'][0] | {'epoch_time_s': 0} == eager['history'][0] | {'epoch_time_s': 0}   # epoch 1: eager's own

@@ -8,30 +8,22 @@ import json
 import pytest
 import torch
 
-import ltpaper.train as tr
 from ltpaper.losses import LOSSES
 from ltpaper.many import _own_compiled, train_many
 from ltpaper.step import TrainStep
 from ltpaper.train import NonFiniteLossError, train
 
-from helpers import FMNIST, ROOT, NaNFromEpoch2, comparable, smoke
+from helpers import FMNIST, ROOT, NaNFromEpoch2, Stop, comparable, smoke, stop_after_first_checkpoint
 
 need_fmnist = pytest.mark.skipif(not (FMNIST / 'train-images-idx3-ubyte.gz').exists() and not (ROOT / 'data' / 'FashionMNIST').exists(),
                                  reason='Fashion-MNIST files not found')
 
 
-class _Stop(Exception): pass
-
 def _cut_after_first_epoch(monkeypatch, cfg):
     "Train `cfg` alone until its first checkpoint is written, then stop as if killed."
-    orig = tr._record_epoch
-    def record(r, st, epoch, *a, **k):
-        out = orig(r, st, epoch, *a, **k)
-        if epoch == 0: raise _Stop()
-        return out
     with monkeypatch.context() as mp:
-        mp.setattr(tr, '_record_epoch', record)
-        with pytest.raises(_Stop): train(cfg)
+        stop_after_first_checkpoint(mp)
+        with pytest.raises(Stop): train(cfg)
 
 def _checkpoint(d):
     return torch.load(d / 'checkpoint.pt', weights_only=True)
