@@ -123,53 +123,63 @@ def _take(flat, pos):
     return flat.index_select(0, pos.view(-1)).view(pos.shape)
 
 _WALK = {}
-def _walk_plan(n, bins, depth, cap, device, dtype):
-    "The walk's constants, cached: base bins of class 0 and class pitch, per level (children in hist?), child offsets, widths."
+def _walk_plan(n, bins, depth, cap, device, dtype, span=4):
+    "The walk's constants, cached: base bins of class 0, class pitch, each stretch's node groups and widths, node offsets."
     def make():
         K, b = _halvings(n), n >> _halvings(n)
         P, L0 = b * (2 ** K - 1), K - depth
         in_hist = L0 == K                                               # depth 0: the base bins are the fine cells
         base = (0 if in_hist else b * (2 ** L0 - 1)) + torch.arange(bins)
-        fine, steps, strides = [], [], []
-        widths = [2.0 ** depth]                                         # the width of a non-empty base bin, then per level
-        for L in range(L0, K if cap else L0):
-            fine.append(L + 1 == K)                                     # the children are fine cells, in hist
-            pitch, start = (n, 0) if fine[-1] else (P, b * (2 ** (L + 1) - 1))
-            # child j of the block at flat position p of class c: 2p + (pitch - 2P) c + start_{L+1} - 2 start_L + j
-            steps.append(start - 2 * b * (2 ** L - 1) + torch.arange(2))
-            strides.append(pitch - 2 * P)
-            widths.append(-2.0 ** (K - L - 1))                          # - an empty kid's width (dense parent)
-        step = torch.stack(steps)[:, None, None, :].to(device) if steps else None   # (levels, 1, 1, 2)
-        stride = torch.tensor(strides)[:, None, None, None].to(device) if steps else None
-        return (base.to(device), n if in_hist else P, in_hist, fine, step, stride, torch.tensor(widths, dtype=dtype).to(device))
-    return _cached(_WALK, (n, bins, depth, cap, str(device), dtype), make)
+        stretches, steps, strides, at = [], [], [], 0
+        for L in range(L0, K if cap else L0, span):                     # a stretch: the s levels below blocks of level L
+            s = min(span, K - L)
+            l = torch.cat([torch.full((2 ** j,), j) for j in range(s + 1)])   # its subtree in heap order: node 0 is the
+            i = torch.cat([torch.arange(2 ** j) for j in range(s + 1)])        # block, node t's children are 2t+1, 2t+2
+            fine = L + l == K                                           # fine cells, in hist: the last stretch's 2**s leaves
+            pitch, start = torch.where(fine, n, P), torch.where(fine, 0, b * (2 ** (L + l) - 1))
+            # node (l, i) below the block at flat position p of class c: 2**l p + (pitch - 2**l P) c + start - 2**l start_L + i
+            steps.append(start - 2 ** l * b * (2 ** L - 1) + i)
+            strides.append(pitch - 2 ** l * P)
+            mult, cut = (2 ** l).view(-1, 1, 1).to(device), len(l) - (2 ** s if L + s == K else 0)
+            # node groups read from one buffer: (in hist?, first node, end node, 2**l): blocks, then any fine cells
+            groups = [(f, at + a, at + e, mult[a:e]) for f, a, e in ((False, 0, cut), (True, cut, len(l))) if e > a]
+            n_par = 2 ** s - 1
+            width = (-(2.0 ** (K - L - 1 - l[:n_par]))).to(dtype).to(device)   # a dense parent loses its empty child's width
+            stretches.append((groups, n_par, width, L + s == K))
+            at += len(l)
+        step = torch.cat(steps)[:, None].to(device) if steps else None
+        stride = torch.cat(strides)[:, None].to(device) if steps else None
+        return base[:, None].to(device), n if in_hist else P, in_hist, stretches, step, stride
+    return _cached(_WALK, (n, bins, depth, cap, span, str(device), dtype), make)
 
 def _running_width(blocks, hist, rc, bins, depth, tau, static=None):
-    "(Z, total, thr) of each row's class rc (R,), walking down from the base bins through the heaviest blocks of each level."
-    # static: every level keeps floor(1/tau) blocks (no host sync); None: static except in eager mode on the CPU
+    "(Z, total, thr) of each row's class rc (R,), walking down from the base bins through the heaviest blocks."
+    # static: every stretch starts from floor(1/tau) blocks (no host sync); None: static except in eager mode on the CPU.
+    # Tensors are (blocks, R) and (nodes, blocks, R): the R rows last, so that every operation runs along them.
     cap = _dense_cap(tau)
-    base, pitch, in_hist, fine, step, stride, w = _walk_plan(hist.shape[1], bins, depth, cap, rc.device, hist.dtype)
+    base, pitch, in_hist, stretches, step, stride = _walk_plan(hist.shape[1], bins, depth, cap, rc.device, hist.dtype)
     if static is None: static = rc.device.type != 'cpu' or torch.compiler.is_compiling()
     hflat, bflat = hist.view(-1), blocks.view(-1)
-    pos = torch.add(base, rc.unsqueeze(1), alpha=pitch)             # (R, bins) flat positions of the base bins
+    pos = torch.add(base, rc, alpha=pitch)                          # (bins, R) flat positions of the base bins
     m = _take(hflat if in_hist else bflat, pos)
-    tot = m.sum(1)
-    thr = (tau * tot).unsqueeze(1)                                  # (R, 1) a block is dense when its mass > tau * total
-    count = [(m > 0).sum(1)]                                        # non-empty base bins, then per level empty kids of dense blocks
-    if fine: offs = torch.addcmul(step, stride, rc.view(1, -1, 1, 1))   # (levels, R, 1, 2) offsets of the children
-    for kid_fine, off in zip(fine, offs if fine else ()):
-        dense = m > thr
-        k = cap if static else int(dense.sum(1).max())              # every dense block is among the k heaviest
+    tot = m.sum(0)
+    thr = tau * tot                                                 # (R,) a block is dense when its mass > tau * total
+    Z = (m > 0).sum(0).to(hist.dtype) * 2.0 ** depth               # in fine cells: integers, exact in float32
+    if stretches: off = torch.addcmul(step, stride, rc)            # (nodes, R) every subtree node's offset
+    for groups, n_par, width, last in stretches:
+        k = cap if static else int((m > thr).sum(0).max())          # every dense block is among the k heaviest
         if k == 0: break                                            # no dense block: no deeper level counts
-        if k < m.shape[1]:
-            m, i = m.topk(k, 1, sorted=False)
-            pos, dense = pos.gather(1, i), m > thr
-        pos = torch.add(off, pos.unsqueeze(2), alpha=2)             # (R, k, 2) the two children of each block
-        c = _take(hflat if kid_fine else bflat, pos)
-        count.append(((c == 0) & dense.unsqueeze(2)).sum((1, 2)))
-        pos, m = pos.flatten(1), c.flatten(1)
-    Z = torch.stack(count, 1).to(hist.dtype) @ w[:len(count)]      # in fine cells: integers, exact in float32
-    return Z / (bins * 2 ** depth), tot, thr
+        if k < m.shape[0]:
+            m, i = m.topk(k, 0, sorted=False)
+            pos = pos.gather(0, i)
+        at = [torch.addcmul(off[a:e, None], pos, mult) for _, a, e, mult in groups]   # (nodes, k, R)
+        S = [_take(hflat if f else bflat, p) for (f, *_), p in zip(groups, at)]
+        S = S[0] if len(S) == 1 else torch.cat(S)                   # masses of the k blocks' subtrees
+        # a dense parent (mass > 0) has at most one empty child: one iff the smaller of the two is 0
+        lost = (torch.minimum(S[1::2], S[2::2]) == 0).logical_and_(S[:n_par] > thr)   # (parents, k, R)
+        Z = torch.addmv(Z, lost.sum(1, dtype=Z.dtype).T, width)
+        if not last: m, pos = S[n_par:].flatten(0, 1), at[0][n_par:].flatten(0, 1)   # the leaves: the next stretch's blocks
+    return Z / (bins * 2 ** depth), tot, thr.unsqueeze(1)
 
 # %% ../nbs/01_binning.ipynb #362b2bbf
 def running_block_stats(blocks, hist, row_class, cell, bins, depth=0, tau=float('inf'), row_index=None):
