@@ -4,14 +4,12 @@
 
 # %% auto #0
 __all__ = ['ESTIMATORS', 'gradient_norm', 'fine_cell', 'block_stats', 'dyadic_blocks', 'running_block_stats', 'density_weights',
-           'all_gather_cat', 'all_reduce_sum', 'class_bincount', 'rank_within_class', 'WindowHistogram',
-           'BankHistogram', 'EMAHistogram']
+           'class_bincount', 'rank_within_class', 'WindowHistogram', 'BankHistogram', 'EMAHistogram']
 
 # %% ../nbs/01_binning.ipynb #ce23c92b
 import math
 import torch
 import torch.nn as nn
-import torch.distributed as dist
 
 # %% ../nbs/01_binning.ipynb #137c7e64
 def gradient_norm(logits, target, mode='softmax'):
@@ -221,32 +219,6 @@ def density_weights(rows, cell, bins, depth=0, tau=None, normalization='decouple
         w = width / mass
         return w / w.mean()
     raise ValueError(f"unknown normalization {normalization!r}: use 'decoupled' or 'raw'")
-
-# %% ../nbs/01_binning.ipynb #d123a93e
-def _distributed():
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-def all_gather_cat(*tensors):
-    "Concatenate tensors (same first dim) from every rank in rank order; returns (tensors, offset of this rank)."
-    if not _distributed(): return tensors, 0
-    ws, rk = dist.get_world_size(), dist.get_rank()
-    n = torch.tensor([tensors[0].shape[0]], device=tensors[0].device)
-    sizes = [torch.zeros_like(n) for _ in range(ws)]
-    dist.all_gather(sizes, n)
-    sizes = [int(s) for s in sizes]
-    mx = max(sizes)
-    out = []
-    for t in tensors:
-        padded = torch.cat([t, t.new_zeros((mx - t.shape[0],) + t.shape[1:])])
-        buf = [torch.empty_like(padded) for _ in range(ws)]
-        dist.all_gather(buf, padded)
-        out.append(torch.cat([b[:s] for b, s in zip(buf, sizes)]))
-    return out, sum(sizes[:rk])
-
-def all_reduce_sum(t):
-    "Sum a tensor over ranks (identity outside torch.distributed)."
-    if _distributed(): dist.all_reduce(t)
-    return t
 
 # %% ../nbs/01_binning.ipynb #2f70c0e8
 def class_bincount(target, num_classes, dtype=torch.long):

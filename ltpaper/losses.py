@@ -15,7 +15,8 @@ from fastcore.docments import docments
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .binning import all_reduce_sum, class_bincount
+from .binning import class_bincount
+from .distributed import all_reduce_sum
 from .loss_base import LTLoss, counts_from_labels, _as_counts, _check_num
 from .ours import OURS_BINNINGS, IntraStats, OursLoss, margin_logits, ours_loss
 # ltpaper.losses offers every loss name: the base's and the paper's loss's too

@@ -15,14 +15,15 @@ import torch
 
 from .config import TrainConfig, config_hash
 from .step import TrainStep
-from .train import _EPOCH_END, _Run, _device_of, _distributed, _epochs, _finish, _out_dir, _prepare
+from .distributed import distributed
+from .train import _EPOCH_END, _Run, _device_of, _epochs, _finish, _out_dir, _prepare
 
 # %% ../nbs/04g_many.ipynb #9a9ce12f
 _PROCESS_WIDE = ('threads', 'deterministic')   # TrainConfig fields that set the whole process (threads, cuDNN)
 
 def _one_process(configs: list) -> str:
     "The one device of `configs`; a one-line ValueError for what one process cannot train together."
-    if int(os.environ.get('WORLD_SIZE', '1')) > 1 or _distributed():
+    if int(os.environ.get('WORLD_SIZE', '1')) > 1 or distributed():
         raise ValueError("train_many trains every run in this one process; under torchrun (WORLD_SIZE > 1) train each run with `train`")
     for f in _PROCESS_WIDE:
         vals = sorted({getattr(c, f) for c in configs})
@@ -91,6 +92,7 @@ class _Lane:
 def _lane(prepared: tuple) -> _Lane:
     "A run prepared by `_prepare` as a lane, holding the RNG states that `train` would continue from."
     r, st, t_setup, metrics_path = prepared
+    r.label = '/'.join(metrics_path.parent.parts[-2:])   # e.g. ours-if100/seed0: the runs' epoch lines share one log
     lane = _Lane(r, st, metrics_path, _epochs(r, st, t_setup), _torch_rng(), _host_rng())
     if r.device.type == 'cuda':
         lane.stream = torch.cuda.Stream(r.device)

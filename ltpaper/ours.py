@@ -11,7 +11,8 @@ from typing import NamedTuple
 from fastcore.basics import patch
 import torch
 import torch.nn.functional as F
-from .binning import ESTIMATORS, fine_cell, density_weights, all_gather_cat
+from .binning import ESTIMATORS, fine_cell, density_weights
+from .distributed import all_gather_cat
 from .loss_base import LTLoss, _check, _check_num
 
 # %% ../nbs/00d_ours.ipynb #0a0d42a4

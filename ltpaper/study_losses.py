@@ -9,7 +9,8 @@ __all__ = ['STUDY_BINNINGS', 'G_MODES', 'MARGIN_SOURCES', 'OursStudyLoss', 'Ours
 import torch
 import torch.nn.functional as F
 from fastcore.basics import patch
-from .binning import gradient_norm, all_reduce_sum, class_bincount
+from .binning import gradient_norm, class_bincount
+from .distributed import all_reduce_sum
 from .loss_base import _check
 from .ours import OURS_BINNINGS, IntraStats, OursLoss, margin_logits
 from .losses import LOSSES, document_losses

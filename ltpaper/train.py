@@ -20,6 +20,7 @@ from tqdm import tqdm
 from .checkpoint import atomic_write, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig, config_hash
 from .data import class_groups
+from .distributed import dist_context, distributed, gather_objects
 from .evaluation import evaluate
 from .losses import build_loss, loss_hparams
 from .models import build_model
@@ -38,24 +39,6 @@ def lr_at(epoch: int,  # 0-based epoch index
 # %% ../nbs/04_train.ipynb #a02a15a7
 class NonFiniteLossError(RuntimeError):
     "The training loss became NaN or infinite; the message names epoch and step, the last good checkpoint is kept."
-
-def _dist_context(device_type: str):
-    "(rank, world_size, local_rank, created): join or create the process group that torchrun describes."
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), int(os.environ.get('LOCAL_RANK', dist.get_rank())), False
-    ws = int(os.environ.get('WORLD_SIZE', '1'))
-    if ws > 1:
-        dist.init_process_group(backend='nccl' if device_type == 'cuda' else 'gloo')
-        return dist.get_rank(), ws, int(os.environ.get('LOCAL_RANK', '0')), True
-    return 0, 1, 0, False
-
-def _distributed() -> bool: return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-def _gather_objects(obj, world: int) -> list:
-    if world == 1: return [obj]
-    out = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
 
 # %% ../nbs/04_train.ipynb #b5fa0842
 _SYNC_EVERY_CUDA = 25  # steps between host checks of the loss on CUDA
@@ -90,7 +73,7 @@ def _eager_steps(step_model: nn.Module, model: nn.Module, loader, loss_fn: nn.Mo
         hits += (logits.detach().argmax(1) == y).sum()
         n_seen += len(y)
         if (step + 1) % sync_every == 0 or step + 1 == n_steps:
-            if _distributed():
+            if distributed():
                 dist.all_reduce(bad, op=dist.ReduceOp.MAX)
             if int(bad) >= 0:
                 raise NonFiniteLossError(f"step {int(bad) + 1}/{n_steps}")
@@ -100,7 +83,7 @@ def _eager_steps(step_model: nn.Module, model: nn.Module, loader, loss_fn: nn.Mo
             bar.update(1)
         yield
     tot = torch.stack([loss_sum, torch.tensor(float(n_seen), dtype=torch.float64, device=device), hits])
-    if _distributed():
+    if distributed():
         dist.all_reduce(tot)
     return (tot[0] / tot[1]).item(), int(tot[1].item()), 100.0 * (tot[2] / tot[1]).item()
 
@@ -171,6 +154,7 @@ class _Run:
     step_model: nn.Module    # what training runs through (DDP / compiled)
     eval_model: nn.Module
     step: TrainStep|None = None   # the compiled training step (TrainConfig.step), built after a resume by `_fast_step`
+    label: str = ''          # names its progress (bar, epoch lines) where several runs share one log (`train_many`)
 
 def _build_run(c: TrainConfig, device: torch.device, rank: int, world: int, h: str, ckpt_path: Path) -> _Run:
     "Data, then the run's randomness from the seed, then model, loss and optimizer."
@@ -291,7 +275,7 @@ def _record_epoch(r: _Run, st: dict, epoch: int, train_loss: float, train_top1: 
     st['history'].append(hist)
     st['epoch'] = epoch + 1
     st['wall_time_s'] += time.perf_counter() - t0 + t_setup
-    rngs = _gather_objects(rng_state(), r.world)
+    rngs = gather_objects(rng_state(), r.world)
     if r.rank == 0:
         state = dict(schema=1, config_hash=r.h, model=r.model.state_dict(), optimizer=r.opt.state_dict(),
                      loss=r.loss_fn.state_dict(), rng=rngs, world_size=r.world, **st)
@@ -315,7 +299,7 @@ def _epochs(r: _Run, st: dict, t_setup: float):
     c = r.c
     show = c.progress and r.rank == 0
     tty = show and sys.stderr.isatty()
-    ebar = tqdm(total=c.epochs, initial=st['epoch'], desc='epochs', unit='ep', dynamic_ncols=True, disable=not tty)
+    ebar = tqdm(total=c.epochs, initial=st['epoch'], desc=r.label or 'epochs', unit='ep', dynamic_ncols=True, disable=not tty)
     set_progress = getattr(r.loss_fn, 'set_progress', None)
     sync_every = _SYNC_EVERY_CUDA if r.device.type == 'cuda' else 1
     for epoch in range(st['epoch'], c.epochs):
@@ -332,7 +316,7 @@ def _epochs(r: _Run, st: dict, t_setup: float):
             ebar.set_postfix(loss=f'{train_loss:.3f}', top1=top1, refresh=False)
             ebar.update(1)
         elif show:
-            print(_epoch_line(hist, c.epochs, st['best']), file=sys.stderr, flush=True)
+            print(f"{r.label}  " * bool(r.label) + _epoch_line(hist, c.epochs, st['best']), file=sys.stderr, flush=True)
     ebar.close()
 
 def _run_epochs(r: _Run, st: dict, t_setup: float):
@@ -394,7 +378,7 @@ def train(config: TrainConfig) -> dict:
     "Train one run per `config`; return the metrics dict (also written to out_dir/metrics.json by rank 0)."
     c = config
     device = _device_of(c)
-    rank, world, local_rank, created = _dist_context(device.split(':')[0])
+    rank, world, local_rank, created = dist_context(device.split(':')[0])
     threads = torch.get_num_threads()
     try:
         if c.threads:

@@ -111,3 +111,11 @@ def test_train_many_refuses_runs_one_process_cannot_hold(tmp_path):
         train_many([smoke(tmp_path / 'a'), smoke(tmp_path / 'b', deterministic=True)])
     with pytest.raises(ValueError, match='two runs would write into'):
         train_many([smoke(tmp_path / 'a'), smoke(tmp_path / 'a', loss='seesaw')])
+
+
+def test_each_runs_epoch_lines_carry_its_name(tmp_path, capsys):
+    "Several runs print into one log: every epoch line starts with its run's folder (row/seed), one line per epoch and run."
+    train_many([smoke(tmp_path / 'rowA' / 'seed0', epochs=2, limit_train=200, progress=True),
+                smoke(tmp_path / 'rowB' / 'seed1', loss='seesaw', epochs=1, limit_train=200, progress=True)])
+    lines = [l for l in capsys.readouterr().err.splitlines() if ' epoch ' in l]
+    assert sorted(l.split('  ')[0] + ' ' + l.split('  ')[1].split()[1] for l in lines) == ['rowA/seed0 1/2', 'rowA/seed0 2/2', 'rowB/seed1 1/1']
