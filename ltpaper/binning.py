@@ -67,14 +67,14 @@ def _final_block(M, thr, cell, ri, bins, depth):
     "Per sample: (mass, level) of its final block; `ri` (B,) is each sample's row of M."
     levels = torch.arange(depth + 1, device=cell.device)
     offsets = bins * (2 ** levels - 1)                              # start of each level in M
-    flat = (ri * M.shape[1])[:, None] + offsets[None, :] + (cell[:, None] >> (depth - levels)[None, :])
-    path = M.reshape(-1)[flat]                                      # (B, depth+1) masses on each sample's path
-    return _first_sparse(path, thr[ri], depth)
+    flat = (ri * M.shape[1])[None, :] + offsets[:, None] + (cell[None, :] >> (depth - levels)[:, None])
+    path = M.reshape(-1)[flat]                                      # (depth+1, B) masses on each sample's path
+    return _first_sparse(path, thr[ri].view(-1), depth)
 
 def _first_sparse(path, thr, depth):
-    "(mass, level) of the first block on each path (B, depth+1) whose mass is at most thr (B, 1), or of its last."
-    level = (path[:, :depth] > thr).sum(1)       # masses shrink down a path, so its dense blocks are a prefix: count them
-    return path.gather(1, level[:, None]).squeeze(1), level
+    "(mass, level) of the first block on each path (depth+1, B) whose mass is at most thr (B,), or of its last."
+    level = (path[:depth] > thr).sum(0)          # masses shrink down a path, so its dense blocks are a prefix: count them
+    return path.gather(0, level[None]).squeeze(0), level
 
 # %% ../nbs/01_binning.ipynb #61c9adb0
 def block_stats(rows, cell, bins, depth=0, tau=float('inf'), row_index=None):
@@ -103,13 +103,13 @@ def _pyramid_steps(n, device, first=0):
     def make():
         K, b = _halvings(n), n >> _halvings(n)
         L = torch.arange(first, K)
-        return (K - L).to(device), (b * (2 ** L - 1)).to(device)
+        return (K - L)[:, None].to(device), (b * (2 ** L - 1))[:, None].to(device)
     return _cached(_PYRAMID, (n, str(device), first), make)
 
 def _pyramid_index(cls, cell, n, P, first=0):
-    "(B, K - first) flat positions, in a (C, P) pyramid buffer, of the blocks of levels first.. holding each (class, fine cell)."
-    shift, start = _pyramid_steps(n, cell.device, first)
-    return torch.add(start, cell.unsqueeze(1) >> shift, alpha=1).add_(cls.unsqueeze(1), alpha=P)
+    "(K - first, B) flat positions, in a (C, P) pyramid buffer, of the blocks of levels first.. holding each (class, fine cell)."
+    shift, start = _pyramid_steps(n, cell.device, first)           # (levels, 1): every operation runs along the B samples
+    return torch.add(start, cell >> shift).add_(cls, alpha=P)
 
 # %% ../nbs/01_binning.ipynb #a4ff31c6
 def _dense_cap(tau):
@@ -177,7 +177,7 @@ def _running_width(blocks, hist, rc, bins, depth, tau, static=None):
         lost = (torch.minimum(S[1::2], S[2::2]) == 0).logical_and_(S[:n_par] > thr)   # (parents, k, R)
         Z = torch.addmv(Z, lost.sum(1, dtype=Z.dtype).T, width)
         if not last: m, pos = S[n_par:].flatten(0, 1), at[0][n_par:].flatten(0, 1)   # the leaves: the next stretch's blocks
-    return Z / (bins * 2 ** depth), tot, thr.unsqueeze(1)
+    return Z / (bins * 2 ** depth), tot, thr
 
 # %% ../nbs/01_binning.ipynb #362b2bbf
 def running_block_stats(blocks, hist, row_class, cell, bins, depth=0, tau=float('inf'), row_index=None):
@@ -186,8 +186,8 @@ def running_block_stats(blocks, hist, row_class, cell, bins, depth=0, tau=float(
     Z, tot, thr = _running_width(blocks, hist, row_class, bins, depth, tau)
     cls = row_class
     if row_index is not None: cls, Z, tot, thr = (x.index_select(0, row_index) for x in (row_class, Z, tot, thr))
-    up = _pyramid_index(cls, cell, n, blocks.shape[1], _halvings(n) - depth)             # (B, depth) levels 0..d-1
-    path = torch.cat([_take(blocks.view(-1), up), _take(hist.view(-1), torch.add(cell, cls, alpha=n)).unsqueeze(1)], 1)
+    up = _pyramid_index(cls, cell, n, blocks.shape[1], _halvings(n) - depth)             # (depth, B) levels 0..d-1
+    path = torch.cat([_take(blocks.view(-1), up), _take(hist.view(-1), torch.add(cell, cls, alpha=n)).unsqueeze(0)])
     mass, level = _first_sparse(path, thr, depth)
     return mass, level, Z, tot
 
@@ -248,8 +248,8 @@ class _SlotHistogram(nn.Module):
         n = self.hist.shape[1]
         self.hist.view(-1).index_add_(0, ids, value)
         cls = ids // n
-        up = _pyramid_index(cls, ids - cls * n, n, self.blocks.shape[1])   # (N, K)
-        self.blocks.view(-1).index_add_(0, up.view(-1), value.repeat_interleave(up.shape[1]))
+        up = _pyramid_index(cls, ids - cls * n, n, self.blocks.shape[1])   # (K, N)
+        self.blocks.view(-1).index_add_(0, up.view(-1), value.repeat(up.shape[0]))   # integer counts: exact in any order
 
     def _write(self, target, cell, pos, keep, fixed_class=False):
         "Store the kept cells in slots `pos`; returns the ids (class * n_cells + cell) of the cells they held and -1 (none: 0)."
