@@ -6,7 +6,7 @@
 __all__ = ['lr_at', 'NonFiniteLossError', 'train_one_epoch', 'train']
 
 # %% ../nbs/04_train.ipynb #26e6d77a
-import bisect, json, os, random, sys, time
+import bisect, json, random, sys, time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -223,7 +223,7 @@ def _train_epoch(r: _Run, epoch: int, tty: bool, set_progress, sync_every: int):
     if set_progress is not None:
         set_progress(epoch / c.epochs)
     r.train_loader.set_epoch(epoch)
-    bbar = tqdm(total=len(r.train_loader), desc=f'epoch {epoch + 1}', leave=False, dynamic_ncols=True, mininterval=1.0,
+    bbar = tqdm(total=len(r.train_loader), desc=f"{r.label + '  ' if r.label else ''}epoch {epoch + 1}", leave=False, dynamic_ncols=True, mininterval=1.0,
                 disable=not tty)
     monitor = WeightMonitor(r.train_set.num_classes, r.device) if monitors_weights(r.loss_fn, c.loss) else None
     try:
