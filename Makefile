@@ -1,15 +1,15 @@
 # The README's two commands: `make reproduce` and `make test`. Each sets everything up on a fresh machine.
 SHELL := /bin/bash
 VENV  ?= .venv
-PY    := $(VENV)/bin/python
-BIN   := $(VENV)/bin
+PY    := $(abspath $(VENV))/bin/python
+BIN   := $(abspath $(VENV))/bin
 STAMP := $(VENV)/.ltpaper-installed
 FMNIST_DEB := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PROFILE ?= cpu
 SEEDS   ?= 0
 TABLES  ?= fmnist_lt
 
-.PHONY: install data chromium test test-fast reproduce bench sync-check clean-nbs notebooks lab docs
+.PHONY: install data chromium test test-fast reproduce refresh-results bench sync-check clean-nbs notebooks lab docs
 
 install: $(STAMP)
 
@@ -45,18 +45,33 @@ sync-check: $(STAMP)
 # spinning OpenMP threads of different processes slow each other down by up to 10x.
 test: export OMP_NUM_THREADS = 1
 # The tests leave the work tree as they found it (rendered files are byte-stable, outputs go to temporary folders).
+# Both run under the AVX2 pins (ltpaper.numerics: the same bits on every x86-64 machine; LTPAPER_NUMERICS=native
+# runs the processor's own kernels, and the tests that compare bits then compare by the noise rule instead).
+PINNED := PATH=$(BIN):$$PATH $(PY) -m ltpaper.numerics --
 test: $(STAMP) data chromium
 	@git status --porcelain > $(VENV)/.status-before 2>/dev/null || true
-	PATH=$(BIN):$$PATH $(BIN)/nbdev-test --n-workers 2 --timing
-	PATH=$(BIN):$$PATH $(PY) -m pytest -q tests
+	@$(PY) -m ltpaper.numerics
+	$(PINNED) $(BIN)/nbdev-test --n-workers 2 --timing
+	$(PINNED) $(PY) -m pytest -q -n 2 --durations=15 tests
 	@bash tools/check_sync.sh $(BIN)
 	@git status --porcelain 2>/dev/null | diff -q $(VENV)/.status-before - >/dev/null || { \
 	  echo "make test changed the work tree (git status before vs after):" >&2; \
 	  git status --porcelain | diff $(VENV)/.status-before - >&2; exit 1; }
 
+# `make reproduce` retrains seed 0 of the CPU table into the scratch root $(REPRODUCED) (git-ignored; a second call
+# resumes it), renders its tables and figures there and compares every run with the committed one. It never writes
+# the committed results/, tables/ or figures/: `make refresh-results` reruns the committed CPU table in place
+# (every row and seed, --force; a result is replaced only once its rerun has finished).
 JOBS ?= 2
+REPRODUCED ?= reproduced
 reproduce: $(STAMP) data
-	for t in $(TABLES); do PATH=$(BIN):$$PATH OMP_NUM_THREADS=1 $(PY) -m ltpaper.cli reproduce $$t --profile $(PROFILE) --seeds $(SEEDS) --jobs $(JOBS) || exit $$?; done
+	for t in $(TABLES); do \
+	  PATH=$(BIN):$$PATH OMP_NUM_THREADS=1 $(PY) -m ltpaper.cli reproduce $$t --profile $(PROFILE) --seeds $(SEEDS) --jobs $(JOBS) --results-root $(REPRODUCED) || exit $$?; \
+	  PATH=$(BIN):$$PATH $(PY) -m ltpaper.cli compare $$t --profile $(PROFILE) --seeds $(SEEDS) --results-root $(REPRODUCED) || exit $$?; \
+	  echo "tables and figures of this reproduction: $(REPRODUCED)/tables/, $(REPRODUCED)/figures/"; done
+
+refresh-results: $(STAMP) data
+	for t in $(TABLES); do PATH=$(BIN):$$PATH OMP_NUM_THREADS=1 $(PY) -m ltpaper.cli reproduce $$t --profile $(PROFILE) --force --jobs $(JOBS) || exit $$?; done
 
 bench: $(STAMP)
 	PATH=$(BIN):$$PATH $(PY) benchmarks/run_all.py
@@ -71,7 +86,7 @@ NOTEBOOKS_WITH_OUTPUTS := nbs/01_binning.ipynb nbs/method.ipynb nbs/paper/fmnist
                           nbs/paper/intra_balance_study.ipynb nbs/paper/table1.ipynb nbs/paper/table2.ipynb nbs/paper/table3.ipynb
 notebooks: $(STAMP)
 	for nb in $(NOTEBOOKS_WITH_OUTPUTS); do \
-	  PATH=$(BIN):$$PATH PYTHONPATH=$(CURDIR) OMP_NUM_THREADS=1 $(BIN)/jupyter nbconvert --to notebook --execute --inplace $$nb || exit $$?; done
+	  PYTHONPATH=$(CURDIR) OMP_NUM_THREADS=1 $(PINNED) $(BIN)/jupyter nbconvert --to notebook --execute --inplace $$nb || exit $$?; done
 	$(BIN)/nbdev-clean
 
 lab: $(STAMP)

@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['COMMANDS', 'train_parser', 'parse_train_args', 'cli_train', 'parse_gpus', 'reproduce_parser', 'status_parser',
-           'cli_reproduce', 'cli_status', 'fetch_parser', 'cli_fetch', 'verify_parser', 'cli_verify', 'usage', 'main']
+           'cli_reproduce', 'cli_status', 'fetch_parser', 'cli_fetch', 'verify_parser', 'cli_verify', 'compare_parser',
+           'cli_compare', 'usage', 'main']
 
 # %% ../nbs/06_cli.ipynb #357f5d30
 import argparse, json, os, sys, typing
@@ -14,6 +15,7 @@ from pathlib import Path
 from .cli_args import _ArgError, _Parser, _error, _field_argument
 from .config import TrainConfig, _need
 from .settings import PROFILES, get_settings
+from .numerics import pin
 
 # %% ../nbs/06_cli.ipynb #f32316e2
 def train_parser(names: bool = True) -> argparse.ArgumentParser:
@@ -302,18 +304,44 @@ def cli_verify(argv=None) -> int:
         return _error('verify', e)
     from ltpaper.verify import format_report, verify
     report = verify(ns.table, r['profile'], ns.rows, r['seeds'], ns.sample, ns.sample_seed, ns.results_root, ns.jobs,
-                    ns.gpu_tol, progress=False)
+                    ns.gpu_tol, progress=True)    # one line per epoch of each run on stderr
     print(format_report(report))
-    compared = [x for x in report if x['result'] in ('equal', 'differs')]
+    compared = [x for x in report if x['result'] in ('equal', 'within noise', 'differs')]
     return 1 if not compared or any(x['result'] == 'differs' for x in report) else 0
 
 # %% ../nbs/06_cli.ipynb #e47081a2
+def compare_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog='ltpaper compare',
+                description='Compare the runs of a scratch results root with the committed ones (no training).')
+    _common_args(p)
+    return p
+
+def cli_compare(argv=None) -> int:
+    "`ltpaper compare TABLE --results-root SCRATCH [--profile P] [--rows GLOB] [--seeds S]`."
+    try:
+        ns = compare_parser().parse_args(argv)
+        r = _resolve(ns)
+        _need(ns.results_root, "--results-root: name the scratch results root that holds the reproduction")
+        scratch, committed = Path(ns.results_root).resolve(), get_settings().results_root.resolve()
+        _need(scratch != committed, f"--results-root {ns.results_root}: that is the committed results root; name the scratch one")
+    except SystemExit as e:   # --help
+        return int(e.code or 0)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        return _error('compare', e)
+    from ltpaper.verify import compare, format_report
+    report = compare(ns.table, scratch, r['profile'], ns.rows, r['seeds'])
+    print(format_report(report))
+    compared = [x for x in report if x['result'] in ('equal', 'within noise', 'differs')]
+    return 1 if not compared or any(x['result'] == 'differs' for x in report) else 0
+
+# %% ../nbs/06_cli.ipynb #70de1144
 COMMANDS = {
     'train':     (cli_train, 'train one configuration (TrainConfig fields as --flags)'),
     'reproduce': (cli_reproduce, 'run a paper table through papermill, render tables and figures'),
     'status':    (cli_status, 'list done / missing / failed rows of a table'),
     'fetch':     (cli_fetch, 'make sure a dataset is on disk, or say how to get it'),
-    'verify':    (cli_verify, 'rerun committed runs with today\'s code and compare them number for number'),
+    'compare':   (cli_compare, 'compare a reproduction in a scratch --results-root with the committed results (no training)'),
+    'verify':    (cli_verify, 'rerun committed runs with today\'s code: equal, within noise (other numerics) or differs'),
 }
 
 def usage():
@@ -328,6 +356,8 @@ def main(argv=None) -> int:
     if argv[0] not in COMMANDS:
         print(f"ltpaper: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    try: pin()     # AVX2 kernels before torch loads: the same bits on every x86-64 machine (nbs/00f_numerics)
+    except ValueError as e: return _error(argv[0], e)
     return COMMANDS[argv[0]][0](argv[1:]) or 0
 
 # %% ../nbs/06_cli.ipynb #3578fe57

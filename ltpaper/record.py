@@ -14,15 +14,12 @@ import torch
 import torch.nn as nn
 
 import ltpaper
+from .numerics import cpu_info, fingerprint
 
 # %% ../nbs/04d_record.ipynb #e7acbf2d
 def _cpu_model() -> str:
-    "The processor's model name: floating-point results on the CPU can differ between processor families (SIMD paths)."
-    try:
-        for line in open('/proc/cpuinfo'):
-            if line.startswith('model name'): return line.split(':', 1)[1].strip()
-    except OSError: pass
-    return platform.processor() or platform.machine()
+    "The processor's model name."
+    return cpu_info()['model'] or platform.machine()
 
 def _git_info():
     "(commit, dirty) of the repository holding the ltpaper package, or (None, None)."
@@ -42,7 +39,8 @@ def _provenance(device: torch.device, started: str, data_dir=None) -> dict:
     return dict(ltpaper=ltpaper.__version__, git_commit=commit, git_dirty=dirty, torch=torch.__version__, data_dir=data_dir,
                 device=torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu',
                 threads=torch.get_num_threads(), deterministic=torch.are_deterministic_algorithms_enabled(), cpu=_cpu_model(),
-                hostname=socket.gethostname(), python=platform.python_version(), started=started, finished=_now())
+                hostname=socket.gethostname(), python=platform.python_version(), started=started, finished=_now(),
+                numerics=fingerprint() if device.type == 'cpu' else None)
 
 # %% ../nbs/04d_record.ipynb #ad5482b6
 class WeightMonitor:

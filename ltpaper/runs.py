@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .config import _need, check_notebook_parameters, config_hash, resume_key
+from .numerics import child_environ
 from .settings import get_settings
 from .tables import GROUPS, expand_table, load_table, project_root
 
@@ -219,13 +220,10 @@ def paper_notebook(table, configs_root=None) -> Path:
 
 @contextlib.contextmanager
 def _kernel_env():
-    "Kernels import the ltpaper of this checkout (whose notebooks they run), installed or not: its root leads PYTHONPATH."
-    old, root = os.environ.get('PYTHONPATH'), str(project_root())
-    os.environ['PYTHONPATH'] = os.pathsep.join([root] + [p for p in (old or '').split(os.pathsep) if p and p != root])
-    try: yield
-    finally:
-        if old is None: os.environ.pop('PYTHONPATH', None)
-        else: os.environ['PYTHONPATH'] = old
+    "Kernels import the ltpaper of this checkout (its root leads PYTHONPATH) and start with the numerics pins (nbs/00f_numerics)."
+    root = str(project_root())
+    path = os.pathsep.join([root] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p and p != root])
+    with child_environ(PYTHONPATH=path): yield    # pins set before the kernel imports torch
 
 def _ipc_kernel_manager():
     "jupyter_client's kernel manager on IPC transport: the kernel and this process talk over local sockets, so ipykernel"

@@ -108,9 +108,14 @@ def test_sigint_during_force_keeps_every_previous_result(tmp_path, monkeypatch):
         assert not (Path(kw['cwd'])/'metrics.json').exists()          # kept aside while the rerun runs ...
         os.kill(os.getpid(), signal.SIGINT)
     monkeypatch.setattr(papermill, 'execute_notebook', interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        reproduce('fmnist_lt', 'smoke', rows=ROWS, seeds=[0], results_root=tmp_path, force=True, render_outputs=False,
-                  progress=False, log=lambda *a: None)
+    # the handler this test relies on: Python installs it only when SIGINT is not ignored at start, and a shell that
+    # runs `make test &` (or under `trap '' INT`, nohup, many CI runners) starts it ignored
+    prev = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            reproduce('fmnist_lt', 'smoke', rows=ROWS, seeds=[0], results_root=tmp_path, force=True, render_outputs=False,
+                      progress=False, log=lambda *a: None)
+    finally: signal.signal(signal.SIGINT, prev)
     _unchanged(tmp_path, before)                                          # ... and back after the interrupt
 
 
