@@ -408,6 +408,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'ltpaper.report.view_spec': ('report.html#view_spec', 'ltpaper/report.py'),
                                 'ltpaper.report.write_table': ('report.html#write_table', 'ltpaper/report.py')},
             'ltpaper.reproduce': { 'ltpaper.reproduce._account': ('reproduce.html#_account', 'ltpaper/reproduce.py'),
+                                   'ltpaper.reproduce._made_pinned': ('reproduce.html#_made_pinned', 'ltpaper/reproduce.py'),
                                    'ltpaper.reproduce._snapshot': ('reproduce.html#_snapshot', 'ltpaper/reproduce.py'),
                                    'ltpaper.reproduce._written': ('reproduce.html#_written', 'ltpaper/reproduce.py'),
                                    'ltpaper.reproduce.render': ('reproduce.html#render', 'ltpaper/reproduce.py'),

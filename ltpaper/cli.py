@@ -141,6 +141,9 @@ def reproduce_parser() -> argparse.ArgumentParser:
                    help='local processes, or one Slurm job per run (submitit)')
     p.add_argument('--jobs', type=int, default=1, help='CPU runs at once (each uses its config\'s `threads`; 2 on a 2-core machine)')
     p.add_argument('--force', action='store_true', help='rerun rows that are already done')
+    p.add_argument('--refresh-numerics', action='store_true',
+                   help='rerun the done rows whose result was not made under the AVX2 pins (older records, native kernels); '
+                        'resumable: rows already pinned are kept')
     p.add_argument('--no-render', action='store_true', help='skip rendering the table and figures')
     p.add_argument('--dry-run', action='store_true', help='list what would run (and on which GPU) and stop')
     return p
@@ -223,7 +226,7 @@ def cli_reproduce(argv=None) -> int:
         return _dry_run(r['jobs'], gpus, ns.force)
     from ltpaper.reproduce import reproduce
     res = reproduce(ns.table, r['profile'], ns.rows, r['seeds'], device, gpus, ns.launcher, ns.force, ns.results_root,
-                    render_outputs=not ns.no_render, n_jobs=ns.jobs)
+                    render_outputs=not ns.no_render, n_jobs=ns.jobs, refresh_numerics=ns.refresh_numerics)
     done = sum(x['state'] == 'done' for x in res['ran'])
     print(f"{ns.table}: {done} run(s) finished, {len(res['skipped'])} skipped (done), {len(res['failed'])} failed"
           + (f"; rendered {res['rendered']}" if res['rendered'] else ''))

@@ -10,7 +10,7 @@ import dataclasses
 from pathlib import Path
 
 from .launch import execute_jobs
-from .runs import _ipc_kernel_manager, _kernel_env, _one_line, job_state, output_roots, paper_notebook, plan_jobs
+from .runs import _ipc_kernel_manager, _kernel_env, _one_line, job_state, output_roots, paper_notebook, plan_jobs, read_metrics
 from .settings import get_settings
 from .tables import load_table
 
@@ -53,8 +53,13 @@ def _account(todo, results) -> list:
                  error='no result came back from its worker (nothing recorded)') for j in todo if (j.table, j.row, j.seed) not in seen]
     return results + lost
 
+def _made_pinned(job) -> bool:
+    "Whether a done run's metrics.json was made under the AVX2 pins (nbs/00f_numerics)."
+    return bool((read_metrics(Path(job.out_dir)/'metrics.json').get('provenance', {}).get('numerics') or {}).get('pinned'))
+
 def reproduce(table, profile=None, rows=None, seeds=None, device=None, gpus=None, launcher='local', force=False,
-              results_root=None, render_outputs=True, progress=True, configs_root=None, log=print, n_jobs=1) -> dict:
+              results_root=None, render_outputs=True, progress=True, configs_root=None, log=print, n_jobs=1,
+              refresh_numerics=False) -> dict:
     "Run every missing row x seed of `table` through the experiment notebook, then render its table and figures."
     profile = profile or get_settings().default_profile
     spec = load_table(table, configs_root)
@@ -63,11 +68,12 @@ def reproduce(table, profile=None, rows=None, seeds=None, device=None, gpus=None
     todo, skipped = [], []
     for j in jobs:
         st, detail = job_state(j)
-        if st == 'done' and not force:
+        again = force or (refresh_numerics and st == 'done' and not _made_pinned(j))   # resumable: pinned ones are kept
+        if st == 'done' and not again:
             skipped.append(j)
             continue
         if st in ('corrupt', 'stale'): log(f"{j.table}/{j.row} seed{j.seed}: {detail}: rerunning")
-        todo.append(dataclasses.replace(j, force=force))   # cleared by run_job, under the row's lock, the old result kept aside
+        todo.append(dataclasses.replace(j, force=again))   # cleared by run_job, under the row's lock, the old result kept aside
     where = f" on GPUs {gpus}" if gpus else (f", {n_jobs} at once" if n_jobs > 1 else '')
     via = f" via {launcher}" if launcher != 'local' else ''
     log(f"{table} (profile {profile}): {len(jobs)} run(s), {len(skipped)} already done, {len(todo)} to run"
