@@ -52,7 +52,7 @@ test: $(STAMP) data chromium
 	@git status --porcelain > $(VENV)/.status-before 2>/dev/null || true
 	@$(PY) -m ltpaper.numerics
 	$(PINNED) $(BIN)/nbdev-test --n-workers 2 --timing
-	$(PINNED) $(PY) -m pytest -q -n 2 --durations=15 tests
+	$(PINNED) $(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests
 	@bash tools/check_sync.sh $(BIN)
 	@git status --porcelain 2>/dev/null | diff -q $(VENV)/.status-before - >/dev/null || { \
 	  echo "make test changed the work tree (git status before vs after):" >&2; \

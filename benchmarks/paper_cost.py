@@ -16,8 +16,7 @@
      iNaturalist 2017 (`inaturalist2017/train2017.json`, `val2017.json`, `train_val_images/<super>/<id>/*.jpg`, 5,089
      categories): a pool of --jpeg-train / --jpeg-test JPEGs at realistic sizes (500x375, about 108 KB, ImageNet's
      mean file size; 800x600, about 272 KB, iNaturalist 2017's 186 GB / 675,170 images), smooth images with noise.
-   Random pixels: the times depend on the image and file sizes, not on what the images show. The private helpers of
-   ltpaper.train used here (`_build_run`, `_epoch_pass`, `_fast_step`, `_setup_device`) are what `train` runs.
+   Random pixels: the times depend on the image and file sizes, not on what the images show.
 2. For every row of each table, the `paper` profile's TrainConfig (ltpaper.tables.expand_table). A step's work depends
    on the dataset (model, batch, image size, classes, data path) and on the loss, not on the imbalance factor, which
    only sets the number of steps per epoch: so one measurement serves every IF of a (dataset, loss family). Families:
@@ -25,9 +24,9 @@
    `ghm`, and `softmax` for the losses that only reweight cross-entropy (softmax, class_balanced, focal,
    effective_number, equalization, ...). A family left out of --families is timed by the softmax measurement: the
    plan and the summary say so, row by row.
-3. Each measurement builds the run as `ltpaper.train` does (`_build_run`: datasets, loaders, model, loss, SGD; the loss
+3. Each measurement builds the run as `ltpaper.train` does (a `Run`: datasets, loaders, model, loss, SGD; the loss
    then rebuilt with the real long-tailed class counts of the row, since the pools are balanced), takes --warmup steps
-   (at least 3 with a compiled step: `ours` recompiles at its second step), then times --steps steps of `_epoch_pass`
+   (at least 3 with a compiled step: `ours` recompiles at its second step), then times --steps steps of `Run.step`
    (the eager loop or the compiled step, with the weight monitor of `ours`; --step eager by default, what
    `ltpaper reproduce --profile paper` runs), the time to the first batch of a fresh epoch (loader start: workers,
    the epoch's draws), and the evaluation pass (`ltpaper.evaluation.evaluate`) over --eval-batches batches.
@@ -334,6 +333,7 @@ class Window:
     def __init__(self, it, n, stop_at=None, shift=0):
         self.it, self.n, self.stop_at, self.shift, self.done = it, n, stop_at, shift, 0
     def __len__(self): return self.n
+    def set_epoch(self, epoch): pass        # the shared iterator (`cycle`) sets the loader's epochs
     def __iter__(self):
         for _ in range(self.n):
             if self.stop_at is not None and time.monotonic() > self.stop_at: return
@@ -383,32 +383,29 @@ def _run_config(m: Measurement, root, device, ns) -> dict:
     return c
 
 def _train_steps(r, device, ns, stop_at) -> dict:
-    "Warm-up, then timed steps of `_epoch_pass` (the loop `train` runs) on one continuous stream of batches."
+    "Warm-up, then timed steps of `Run.step` (the loop `train` runs) on one continuous stream of batches."
     from ltpaper.data import make_loader
-    from ltpaper.record import WeightMonitor, monitors_weights
-    from ltpaper.step import drain
-    from ltpaper.train import _epoch_pass, lr_at
     c = r.c
     loader = r.train_loader
     if r.train_set.images is None:          # files: one epoch of the real loader covers warm-up and timed steps
         loader = make_loader(tiled(r.train_set, (ns.warmup + ns.steps) * loader.batch_size), loader.batch_size, train=True,
                              device=device, seed=c.seed, fast=c.fast_data, num_workers=c.num_workers)
     it = cycle(loader)
-    lr = lr_at(0, c)                        # the warm-up lr: random data at a large lr may diverge
-    for g in r.opt.param_groups: g['lr'] = lr
-    sync_every = 25 if device.type == 'cuda' else 1
-    monitor = WeightMonitor(r.train_set.num_classes, device) if monitors_weights(r.loss_fn, c.loss) else None
     t = time.perf_counter()
     r.train_loader = Window(it, ns.warmup, stop_at)
-    drain(_epoch_pass(r, lr, sync_every, None, monitor))   # a generator (one yield per step): run to its end
+    r.start_epoch(0)                        # the warm-up lr (epoch 0): random data at a large lr may diverge
+    for batch in r.train_loader: r.step(batch)
+    r.epoch_totals()
     warm = time.perf_counter() - t
     if r.train_loader.done < ns.warmup:
         it.close()
         return dict(status='not measured', why='deadline during the warm-up steps')
     r.train_loader = w = Window(it, ns.steps, stop_at)
+    r.start_epoch(0)
     _sync(device)
     t = time.perf_counter()
-    drain(_epoch_pass(r, lr, sync_every, None, monitor))   # ends with a read of the loss totals from the device
+    for batch in w: r.step(batch)
+    r.epoch_totals()                        # ends with a read of the loss totals from the device
     _sync(device)
     dt = time.perf_counter() - t
     it.close()
@@ -443,20 +440,23 @@ def _eval_pass(r, device, ns, stop_at) -> dict:
 def measure(m: Measurement, root, device, ns, stop_at) -> dict:
     "One measurement: build the run as `train` does, then its step, loader-start and evaluation timings."
     import torch
-    from ltpaper.config import TrainConfig, config_hash
+    from ltpaper.config import TrainConfig
     from ltpaper.losses import build_loss
-    from ltpaper.train import _build_run, _fast_step, _setup_device
-    c = TrainConfig(**_run_config(m, root, str(device), ns))
-    dev = _setup_device(c, device)
+    from ltpaper.step import TrainStep
+    from ltpaper.train import Run
     t = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix='paper_cost_run_'))
     try:
-        r = _build_run(c, dev, 0, 1, config_hash(c), work/'checkpoint.pt')
+        c = TrainConfig(**dict(_run_config(m, root, str(device), ns), out_dir=str(work)))
+        r = Run(c, device)
+        dev = r.device
         counts = real_counts(m.dataset, m.imbalance_factor)
         if len(counts) != r.train_set.num_classes:
             raise ValueError(f'{m.dataset}: the files hold {r.train_set.num_classes} classes, the real set {len(counts)}')
         r.loss_fn = build_loss(c.loss, counts, **c.loss_params).to(dev)    # the real long tail's counts (the pools are balanced)
-        r.step = _fast_step(r)
+        r.set_progress = getattr(r.loss_fn, 'set_progress', None)
+        r.fast = None if c.step == 'eager' else TrainStep(r.model, r.loss_fn, r.opt, c.grad_clip, c.amp, c.channels_last,
+                                                          r.train_loader.batch_size, c.step)
         setup = time.perf_counter() - t
         out = dict(batch_size=c.batch_size, eval_batch_size=c.eval_batch_size, model=c.model, amp=c.amp, channels_last=c.channels_last,
                    num_workers=c.num_workers, step=c.step, measured_imbalance_factor=c.imbalance_factor,

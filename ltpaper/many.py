@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import TrainConfig, config_hash
+from .config import TrainConfig
 from .step import TrainStep
 from .distributed import distributed
-from .train import _EPOCH_END, _Run, _device_of, _epochs, _finish, _out_dir, _prepare
+from .train import Run, _device_of, run_dir
 
 # %% ../nbs/04g_many.ipynb #9a9ce12f
 _PROCESS_WIDE = ('threads', 'deterministic')   # TrainConfig fields that set the whole process (threads, cuDNN)
@@ -32,7 +32,7 @@ def _one_process(configs: list) -> str:
     devices = sorted({_device_of(c) for c in configs})
     if len(devices) > 1:
         raise ValueError(f"train_many: the runs ask for devices {devices}; one process trains on one device")
-    dirs = [_out_dir(c, config_hash(c)).resolve() for c in configs]
+    dirs = [run_dir(c).resolve() for c in configs]
     same = sorted({str(d) for d in dirs if dirs.count(d) > 1})
     if same:
         raise ValueError(f"train_many: two runs would write into {same[0]}; give each its own out_dir")
@@ -78,51 +78,61 @@ def _own_compiled(step: TrainStep):
 # %% ../nbs/04g_many.ipynb #90f30cb3
 @dataclass
 class _Lane:
-    "One run of `train_many`: what `train` prepares, its steps, and its own share of the process-wide state."
-    r: _Run
-    st: dict                   # progress, history, best/last records (what a checkpoint carries)
-    metrics_path: Path
-    steps: object              # `_epochs(r, st, t_setup)`: one training step per advance
+    "One run of `train_many`: its `Run`, where it is, and its own share of the process-wide state."
+    run: Run
+    epochs: object             # iterator over the run's epochs left
     torch_rng: tuple           # its torch and CUDA RNG states, installed every turn
-    host_rng: tuple            # its numpy and Python RNG states, installed in the turns that end an epoch
+    host_rng: tuple            # its numpy and Python RNG states, installed every turn
+    batches: object = None     # iterator over the current epoch's batches (None: between two epochs)
     stream: object = None      # its CUDA stream (None on the CPU)
     graphs: dict|None = None   # its CUDA-graph trees (the compiled step on CUDA)
-    epoch_end: bool = False    # its next advance evaluates and writes the checkpoint
 
-def _lane(prepared: tuple) -> _Lane:
-    "A run prepared by `_prepare` as a lane, holding the RNG states that `train` would continue from."
-    r, st, t_setup, metrics_path = prepared
-    r.label = '/'.join(metrics_path.parent.parts[-2:])   # e.g. ours-if100/seed0: the runs' epoch lines share one log
-    lane = _Lane(r, st, metrics_path, _epochs(r, st, t_setup), _torch_rng(), _host_rng())
-    if r.device.type == 'cuda':
-        lane.stream = torch.cuda.Stream(r.device)
-        lane.stream.wait_stream(torch.cuda.current_stream(r.device))   # the run was built on the default stream
-    if r.step is not None and r.step.cuda_graphs:
+def _lane(run: Run) -> _Lane:
+    "A built run as a lane, holding the RNG states that `train` would continue from."
+    run.label = '/'.join(run.metrics_path.parent.parts[-2:])   # e.g. ours-if100/seed0: the runs' epoch lines share one log
+    lane = _Lane(run, iter(run.epochs()), _torch_rng(), _host_rng())
+    if run.device.type == 'cuda':
+        lane.stream = torch.cuda.Stream(run.device)
+        lane.stream.wait_stream(torch.cuda.current_stream(run.device))   # the run was built on the default stream
+    if run.fast is not None and run.fast.cuda_graphs:
         lane.graphs = {}
-        r.step.compiled = _own_compiled(r.step)
+        run.fast.compiled = _own_compiled(run.fast)
     return lane
+
+def _advance(lane: _Lane) -> bool:
+    "One step of the lane's run (an epoch's start or end in the same turn); False when it has no epoch left."
+    run = lane.run
+    if lane.batches is None:
+        epoch = next(lane.epochs, None)
+        if epoch is None:
+            return False
+        run.start_epoch(epoch)
+        lane.batches = iter(run.train_loader)
+    batch = next(lane.batches, None)
+    if batch is None:
+        run.end_epoch()
+        lane.batches = None
+    else:
+        run.step(batch)
+    return True
 
 # %% ../nbs/04g_many.ipynb #d9c7d6d0
 @contextlib.contextmanager
 def _turn(lane: _Lane):
     "The process's RNG states, CUDA stream and CUDA-graph trees are `lane`'s while it steps."
-    full = lane.epoch_end
     _set_torch_rng(lane.torch_rng)
-    if full:
-        _set_host_rng(lane.host_rng)
+    _set_host_rng(lane.host_rng)
     others = _swap_graph_trees(lane.graphs) if lane.graphs is not None else None
     try:
         with torch.cuda.stream(lane.stream) if lane.stream is not None else contextlib.nullcontext():
             yield
     finally:
-        lane.torch_rng = _torch_rng()
-        if full:
-            lane.host_rng = _host_rng()
+        lane.torch_rng, lane.host_rng = _torch_rng(), _host_rng()
         if others is not None:
             lane.graphs = _swap_graph_trees(others)
 
 # %% ../nbs/04g_many.ipynb #0a8456de
-def _in_turn(lanes: list, finish) -> list:
+def _in_turn(lanes: list, finish, advance=_advance) -> list:
     "Advance each lane by one step in turn until all are done, `finish(lane)` as each ends; per lane its result or its exception."
     out, active = [None] * len(lanes), list(range(len(lanes)))
     while active:
@@ -130,25 +140,21 @@ def _in_turn(lanes: list, finish) -> list:
             lane = lanes[k]
             try:
                 with _turn(lane):
-                    lane.epoch_end = next(lane.steps) == _EPOCH_END
-            except StopIteration:
-                out[k] = finish(lane)
-                active.remove(k)
+                    more = advance(lane)
+                if not more:
+                    out[k] = finish(lane)
+                    active.remove(k)
             except Exception as e:   # this run failed; the others go on
                 out[k] = e
                 active.remove(k)
     return out
 
 # %% ../nbs/04g_many.ipynb #f08c8fda
-def _start_lanes(configs: list, device: torch.device) -> list:
-    "Per config: the metrics of a run that finished earlier (with `resume`), or a lane ready to step."
-    return [p if isinstance(p, dict) else _lane(p) for p in (_prepare(c, device, 0, 1) for c in configs)]
-
 def _finish_lane(lane: _Lane) -> dict:
     "Wait for the lane's stream, then write the run's metrics.json as `train` does."
     if lane.stream is not None:
         lane.stream.synchronize()
-    return _finish(lane.r, lane.st, lane.metrics_path)
+    return lane.run.finish()
 
 def train_many(configs: list[TrainConfig]) -> list[dict]:
     "Train the runs of `configs` in this process, one step of each in turn (on CUDA each on its own stream); their metrics, in order."
@@ -161,10 +167,13 @@ def train_many(configs: list[TrainConfig]) -> list[dict]:
         if configs[0].threads:
             torch.set_num_threads(configs[0].threads)
         with torch._dynamo.config.patch(recompile_limit=max(limit, 2 * len(configs))):
-            started = _start_lanes(configs, device)
-            lanes = [s for s in started if isinstance(s, _Lane)]
+            runs, lanes = [], []
+            for c in configs:                  # each lane takes the RNG states its run was built with, before the next is
+                runs.append(Run(c, device))
+                if runs[-1].finished is None:
+                    lanes.append(_lane(runs[-1]))
             done = iter(_in_turn(lanes, _finish_lane))
-        out = [s if isinstance(s, dict) else next(done) for s in started]
+        out = [r.finished if r.finished is not None else next(done) for r in runs]
     finally:
         torch.set_num_threads(threads)
     errors = [m for m in out if isinstance(m, Exception)]

@@ -7,7 +7,7 @@ __all__ = ['PINS', 'MODE_VAR', 'MODES', 'numerics_mode', 'cpu_info', 'can_pin', 
            'fingerprint', 'numerics_key', 'numerics_differ', 'describe', 'main']
 
 # %% ../nbs/00f_numerics.ipynb #a07601f2
-import contextlib, functools, os, platform, re, sys
+import contextlib, functools, os, platform, re, sys, tempfile
 
 # %% ../nbs/00f_numerics.ipynb #dfa25e20
 PINS = {'ATEN_CPU_CAPABILITY': 'avx2', 'ONEDNN_MAX_CPU_ISA': 'AVX2', 'MKL_CBWR': 'AVX2,STRICT'}
@@ -46,11 +46,21 @@ def can_pin(info: dict|None = None) -> bool:
     return info['arch'] in ('x86_64', 'AMD64') and {'avx2', 'fma'} <= set(info['flags'])
 
 # %% ../nbs/00f_numerics.ipynb #a9c91d23
+def _inductor_cache(env: dict) -> dict:
+    "A TorchInductor cache folder of its own per ATen capability (unless the user names one)."
+    # torch 2.14's compiled-graph cache does not key on ATEN_CPU_CAPABILITY: kernels compiled under AVX-512 and then
+    # reused by a process pinned to AVX2 crashed it (a segmentation fault, measured here); one folder per capability.
+    cap = env.get('ATEN_CPU_CAPABILITY')
+    if cap and 'TORCHINDUCTOR_CACHE_DIR' not in env:
+        user = re.sub(r'\W', '_', env.get('USER') or env.get('LOGNAME') or str(os.getuid()))
+        env['TORCHINDUCTOR_CACHE_DIR'] = os.path.join(tempfile.gettempdir(), f'torchinductor_{user}_{cap.lower()}')
+    return env
+
 def pinned_env(environ=None, info: dict|None = None) -> dict:
     "A copy of `environ` (default os.environ) with the AVX2 pins set, unless `LTPAPER_NUMERICS=native` or they cannot apply."
     env = dict(os.environ if environ is None else environ)
     if numerics_mode(env) == 'pinned' and can_pin(info): env.update(PINS)
-    return env
+    return _inductor_cache(env)
 
 @contextlib.contextmanager
 def child_environ(**extra):
@@ -76,6 +86,7 @@ def pin(info: dict|None = None) -> str|None:
     else:
         os.environ.update(PINS)
         why = None
+    if 'torch' not in sys.modules: os.environ.update(_inductor_cache(dict(os.environ)))
     _STATE['why'] = why
     return why
 

@@ -107,10 +107,10 @@ class Stop(Exception):
 
 def stop_after_first_checkpoint(monkeypatch):
     "Make `train` stop (as if killed) right after writing the checkpoint of epoch 1."
-    import ltpaper.train as tr
-    orig = tr._record_epoch
-    def record(r, st, epoch, *a, **k):
-        out = orig(r, st, epoch, *a, **k)
-        if epoch == 0: raise Stop()
+    from ltpaper.train import Run
+    orig = Run._record
+    def record(self, *a, **k):
+        out = orig(self, *a, **k)
+        if self.epoch == 0: raise Stop()
         return out
-    monkeypatch.setattr(tr, '_record_epoch', record)
+    monkeypatch.setattr(Run, '_record', record)

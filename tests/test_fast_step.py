@@ -112,7 +112,7 @@ def test_step_flag_parses_and_is_not_part_of_the_run_id(tmp_path):
     assert c.step == 'compiled' and config_hash(c) == config_hash(parse_train_args(['--out-dir', str(tmp_path)]))
     with pytest.raises(ValueError, match='use one of eager, compiled, aot_eager'): parse_train_args(['--step', 'fast'])
     r = SimpleNamespace(c=SimpleNamespace(step='compiled'), world=2)
-    with pytest.raises(ValueError, match="step='eager' under torchrun"): tr._fast_step(r)
+    with pytest.raises(ValueError, match="step='eager' under torchrun"): tr.Run._fast_step(r)
 
 
 @need_fmnist

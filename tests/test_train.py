@@ -86,7 +86,7 @@ def test_determinism_schema_and_balanced_per_class(tmp_path):
     assert all(h['val_top1'] is not None and h['train_loss'] > 0 for h in saved['history'])
     assert saved['val']['best_epoch'] in (1, 2) and len(saved['val']['last_per_class']) == 10
     assert set(saved['provenance']) == {'ltpaper', 'git_commit', 'git_dirty', 'torch', 'device', 'threads', 'deterministic', 'cpu', 'hostname',
-                                        'python', 'started', 'finished', 'data_dir', 'step'}
+                                        'python', 'started', 'finished', 'data_dir', 'step', 'numerics'}
     m3 = train(smoke(tmp_path / 'c', loss='ours', val_per_class=20, seed=1))
     assert comparable(m3)['last'] != comparable(m1)['last']
 
