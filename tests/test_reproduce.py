@@ -59,7 +59,7 @@ def write_tiny(root, classes=4, per_class=10, val_per_class=3):
     (base/'val'/'val_annotations.txt').write_text('\n'.join(ann) + '\n')
 
 # images per class in the ImageNet train folder: enough for the exponential IF-100 subset (imagenet_lt_if100, n_max =
-# the mean, 101) to keep one image of the rarest class; the OLTR split files list the first `counts` of them
+# the largest class, 300) to keep one image of the rarest class; the OLTR split files list the first `counts` of them
 FOLDER = (300, 150, 100, 80, 60, 40, 40, 40)
 
 def write_imagenet_lt(root, counts=(9, 7, 6, 5, 4, 3, 2, 2)):
@@ -407,10 +407,11 @@ def test_table2_smoke_imagenet_lt(data_root, shared_root):
     code, out, err = cli(cli_reproduce, args)
     assert code == 0, out + err
     m = json.loads((shared_root/'smoke'/'runs'/'table2'/'imagenet_lt_if100-softmax'/'seed0'/'metrics.json').read_text())
-    # the exponential IF-100 subset of the train folder (n_max = its mean, 101), cut to the smoke profile's 48 images
+    # the exponential IF-100 subset of the train folder (n_max = its largest class, 300), cut to the smoke profile's 48 images
     assert m['config']['dataset'] == 'imagenet_lt_if100' and m['class_counts'][0] / max(m['class_counts'][-1], 1) > 10
     assert set(m['last']['groups']['quartile']) == {'Many', 'Medium', 'Few', 'Rare'}
     for ext in ('md', 'tex', 'csv'): assert (shared_root/'smoke'/'tables'/f'table2.{ext}').is_file()
+    assert 'poster: mean of its 4 groups' in (shared_root/'smoke'/'tables'/'table2_overall.md').read_text()
     for stem in ('per_class', 'groups', 'curves', 'margins'): assert (shared_root/'smoke'/'figures'/f'table2_{stem}.png').is_file()
     md = (shared_root/'smoke'/'tables'/'table2.md').read_text()
     assert '| ImageNet-LT (IF 100) | Softmax | reproduced |' in md
