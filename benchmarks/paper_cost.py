@@ -70,7 +70,7 @@ REAL = {
     'cifar10_lt': dict(n_max=5000, classes=10, test=10_000),
     'cifar100_lt': dict(n_max=500, classes=100, test=10_000),
     'tinyimagenet_lt': dict(n_max=500, classes=200, test=10_000),
-    'imagenet_lt_if100': dict(n_max=1281.167, classes=1000, test=50_000),    # the ImageNet val set (or ImageNet_LT_test.txt)
+    'imagenet_lt_if100': dict(n_max=1300, classes=1000, test=50_000),        # the ImageNet val set (or ImageNet_LT_test.txt)
     'inaturalist2017': dict(train=579_184, classes=5089, test=95_986, n_max=3919, imbalance_factor=435),
 }
 IMAGENET_SIZE, INAT_SIZE = (500, 375), (800, 600)      # (width, height) of the pool JPEGs

@@ -112,7 +112,7 @@ DATASETS = {
     'imagenet_lt_if100': DatasetSpec(
         candidates=lambda r: [r], missing=lambda d: [] if _imagenet_train_dir(d) else ['imagenet/train/<wnid>/'],
         read=_read_imagenet_folder, how=_IMAGENET_HOW + "train/<wnid>/ and val/<wnid>/ (data/README.md)",
-        **_IMAGENET, n_max='mean'),
+        **_IMAGENET, n_max='max'),   # the largest class (1,300 images): 1,300 ... 13 per class, IF exactly 100
     'inaturalist2017': DatasetSpec(
         candidates=_inat_dirs, missing=_need('train2017.json', 'val2017.json'), read=_read_inat,
         how="download train_val_images.tar.gz (md5 7c784ea5e424efaec655bd392f87301f) and train_val2017.zip from github.com/visipedia/inat_comp (2017) and extract both into ROOT/inaturalist2017/ (data/README.md)",

@@ -129,12 +129,17 @@ def intra_stats(self: OursLoss, z, z_adj, y, index, ce) -> IntraStats:
     "Update the per-category histograms with this batch and read each sample's weight w = 1/GD."
     g = self.grad_norm(z, z_adj, y, ce)
     cell = fine_cell(self.bin_coordinate(g), self.n_cells)
-    (ya, ca, *ia), off = all_gather_cat(y, cell, *(() if index is None else (index,)))   # index: the bank's only
+    (ya, ca, *ia), off = all_gather_cat(self.histogram_of(y), cell, *(() if index is None else (index,)))   # index: the bank's only
     self.estimator.update(ya, ca, *ia)
     rows, ri, rc = self._class_rows(ya)
     w = density_weights(rows, ca, self.bins, self.depth, self.tau, self.normalization, self.bin_widths(), row_index=ri,
                         estimator=self.estimator, row_class=rc)    # window, bank: read from their running block masses
     return IntraStats(g, cell, self.transform_weights(w[off:off + len(y)]), ya, ca, rows, ri)
+
+@patch
+def histogram_of(self: OursLoss, y):
+    "The histogram row each sample is counted in: its own category's (category-wise)."
+    return y
 
 @patch
 def bin_coordinate(self: OursLoss, g):

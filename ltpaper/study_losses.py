@@ -154,3 +154,4 @@ class OursTunedLoss(OursStudyLoss):
 
 LOSSES.update(ours_study=OursStudyLoss, ours_tuned=OursTunedLoss)
 document_losses()
+from . import readings  # noqa: E402  (builds on OursStudyLoss; registers 'ours_prototype', 'ours_ghmc', 'ours_global')

@@ -21,7 +21,9 @@ COUNTS = [40, 17, 9, 5, 3, 2, 1, 0, 1, 60]
 CASES = [('ghm', {}), ('seesaw', {}), ('ours', {}), ('ours', dict(binning='ura')), ('ours', dict(estimator='bank')),
          ('ours', dict(estimator='ema')), ('ours', dict(estimator='ema_global')), ('ours_tuned', {}),
          ('ours_study', dict(margin_source='cumulative')), ('ours_study', dict(margin_source='density_sample')),
-         ('ours_study', dict(margin_source='density_hist', estimator='bank')), ('ours_study', dict(binning='power'))]
+         ('ours_study', dict(margin_source='density_hist', estimator='bank')), ('ours_study', dict(binning='power')),
+         ('ours_prototype', {}), ('ours_prototype', dict(edge_power=2.0)), ('ours_ghmc', {}), ('ours_ghmc', dict(use_margin=False)),
+         ('ours_ghmc', dict(g_mode='sigmoid')), ('ours_global', {}), ('ours_global', dict(binning='ura', estimator='ema'))]
 
 
 def test_cases_cover_every_stateful_loss():
@@ -82,7 +84,8 @@ def test_compiled_equals_eager_aot_eager(name, hp):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('name,hp', [('ghm', {}), ('seesaw', {}), ('ours', {}), ('ours_tuned', {})], ids=lambda x: x if isinstance(x, str) else '')
+@pytest.mark.parametrize('name,hp', [('ghm', {}), ('seesaw', {}), ('ours', {}), ('ours_tuned', {}), ('ours_prototype', {}), ('ours_ghmc', {})],
+                         ids=lambda x: x if isinstance(x, str) else '')
 def test_compiled_equals_eager_inductor(name, hp):
     outs_e, outs_c, bufs_e, bufs_c, graphs, replaced = _run(name, hp, 'inductor', torch.float64, steps=4)
     for s, (a, b) in enumerate(zip(outs_e, outs_c)):

@@ -327,9 +327,10 @@ def test_imagenet_lt_split_files(tmp_path):
 
 
 def test_imagenet_lt_if100_from_train_folder(tmp_path):
-    write_imagenet(tmp_path, counts=(10, 11, 9, 10), lt_files=False)                 # mean 10 images per class
+    write_imagenet(tmp_path, counts=(12, 10, 9, 10), lt_files=False)                 # the largest class, the first, has 12
     ds = build_dataset('imagenet_lt_if100', tmp_path, imbalance_factor=4, seed=0, image_size=32)
-    assert ds.class_counts == longtail_counts(10, 4, 4) == [10, 6, 3, 2] and len(ds.paths) == 21
+    assert ds.class_counts == longtail_counts(12, 4, 4) == [12, 7, 4, 3] and len(ds.paths) == 26
+    assert ds.class_counts[0] / ds.class_counts[-1] == 4                              # the realised factor is the one asked for
     assert not torch.equal(build_dataset('imagenet_lt_if100', tmp_path, 4, seed=5).source_index, ds.source_index)
     ts = build_dataset('imagenet_lt_if100', tmp_path, 4, split='test')               # the class-sorted val folder
     assert len(ts) == 8 and ts.targets.tolist() == [0, 0, 1, 1, 2, 2, 3, 3] and ts.image_size == 224

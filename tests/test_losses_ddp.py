@@ -8,7 +8,8 @@ from ltpaper.losses import build_loss
 
 COUNTS = [300, 120, 40, 12, 5, 2, 1]
 CASES = [('ours', {}), ('ours', dict(binning='ura', estimator='ema')), ('ours_study', dict(normalization='raw')),
-         ('ours', dict(estimator='bank')), ('ours_study', dict(margin_source='cumulative')), ('seesaw', {}), ('ghm', {})]
+         ('ours', dict(estimator='bank')), ('ours_study', dict(margin_source='cumulative')), ('seesaw', {}), ('ghm', {}),
+         ('ours_prototype', {}), ('ours_ghmc', {}), ('ours_ghmc', dict(g_mode='sigmoid', use_margin=False)), ('ours_global', {})]
 
 def _batches(steps=4, per_rank=(9, 7)):
     g = torch.Generator().manual_seed(0)
@@ -32,7 +33,7 @@ def _worker(rank, world, port, out_dir):
             v = loss(z, y, idx)
             v.backward()
             vals.append(v.item()); grads.append(z.grad.clone())
-            ws.append(loss.last_weights.clone() if name.startswith('ours') else None)
+            ws.append(loss.last_weights.clone() if loss.per_sample_weights else None)
         res[ci] = (vals, grads, ws, {k: t.clone() for k, t in loss.state_dict().items()})
     torch.save(res, os.path.join(out_dir, f'rank{rank}.pt'))
     dist.destroy_process_group()
@@ -59,7 +60,7 @@ def test_ddp_equals_single_process(ddp_results, ci):
         z = torch.cat([b[0] for b in step]).requires_grad_(); y = torch.cat([b[1] for b in step]); idx = torch.cat([b[2] for b in step])
         ce_w = loss(z, y, idx)
         n0 = step[0][0].shape[0]
-        if name.startswith('ours'):   # identical per-sample weights on each rank's slice
+        if loss.per_sample_weights:   # identical per-sample weights on each rank's slice
             torch.testing.assert_close(ddp_results[0][ci][2][s], loss.last_weights[:n0])
             torch.testing.assert_close(ddp_results[1][ci][2][s], loss.last_weights[n0:])
     for k, t in loss.state_dict().items():      # identical statistics on every rank

@@ -58,7 +58,7 @@ def test_real_sizes_and_steps_per_epoch():
     assert [pc.real_train_size('cifar10_lt', f) for f in (500, 100, 10, 1)] == [10_011, 12_406, 20_431, 50_000]   # data/README.md
     assert [pc.real_train_size('cifar100_lt', f) for f in (500, 100, 10, 1)] == [8_155, 10_847, 19_573, 50_000]
     assert pc.real_train_size('inaturalist2017', 435) == 579_184 and len(pc.real_counts('inaturalist2017', 435)) == 5089
-    assert pc.real_counts('imagenet_lt_if100', 100)[0] == 1281 and pc.real_counts('imagenet_lt_if100', 100)[-1] == 12
+    assert pc.real_counts('imagenet_lt_if100', 100)[0] == 1300 and pc.real_counts('imagenet_lt_if100', 100)[-1] == 13   # IF exactly 100
     assert pc.steps_per_epoch(12_406, 128) == 97 and pc.steps_per_epoch(129, 128) == 1 and pc.steps_per_epoch(130, 128) == 2
     assert pc.evals_per_run(200, 1) == 200 and pc.evals_per_run(10, 3) == 4
 
@@ -106,7 +106,7 @@ def test_jpeg_files_load_through_the_project_readers(tmp_path):
     info = pc.write_imagenet(tmp_path, n_train=7, n_test=2, classes=3)
     assert info['files'] == 10 and 70_000 < info['bytes'] / info['files'] < 150_000          # ImageNet's mean file: about 110 KB
     ds = build_dataset('imagenet_lt_if100', root=tmp_path, imbalance_factor=1)
-    assert ds.num_classes == 3 and len(ds) == 6 and ds.raw(0).size == pc.IMAGENET_SIZE   # 2 per class (the mean, floored)
+    assert ds.num_classes == 3 and len(ds) == 7 and ds.raw(0).size == pc.IMAGENET_SIZE   # all 3 + 2 + 2 (n_max: the largest class)
     assert len(build_dataset('imagenet_lt_if100', root=tmp_path, imbalance_factor=1, split='test')) == 3    # a val folder for every class
     jobs = [(str(tmp_path / 'many' / f'{k}.jpg'), k, 16, 12, 8) for k in range(64)]
     assert pc.write_jpegs(jobs, workers=2) == sum(os.path.getsize(j[0]) for j in jobs)      # in 2 processes
@@ -157,7 +157,7 @@ def test_dry_run_prints_the_plan(capsys):
     pc.dry_run(pc.parse_args(['--dry-run', '--tables', 'table2,table3']))
     out = capsys.readouterr().out
     assert out.count('\nmeasure ') + out.startswith('measure ') == 6 and out.count('shared  table3/') == 4
-    assert 'imagenet_lt_if100 100 -> 275,288, 538' in out and 'inaturalist2017 435 -> 579,184, 1132' in out
+    assert 'imagenet_lt_if100 100 -> 279,350, 546' in out and 'inaturalist2017 435 -> 579,184, 1132' in out
     with pytest.raises(SystemExit): pc.parse_args(['--families', 'ours'])
 
 

@@ -17,6 +17,7 @@ import ltpaper.runs as RUNS
 import ltpaper.tables as T
 from ltpaper.cli import cli_reproduce, cli_status
 from ltpaper.config import RUN_CONTROL_FIELDS as HASH_EXCLUDE, TrainConfig, config_hash
+from ltpaper.losses import loss_hparams
 from ltpaper.report import open_results, summarize, write_table
 from ltpaper.runs import fake_metrics, job_state, plan_jobs, run_job
 from ltpaper.settings import PROFILES
@@ -25,7 +26,7 @@ from ltpaper.tables import expand_table, list_tables, load_table
 from helpers import cli
 
 FMNIST = Path('/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz')
-ROWS = dict(table1=108, table2=14, table2_oltr=7, table3=8, fmnist_lt=42)
+ROWS = dict(table1=108, table2=14, table2_oltr=7, table3=8, fmnist_lt=50)
 
 
 # ---------------------------------------------------------------- tiny datasets in their real formats
@@ -58,7 +59,7 @@ def write_tiny(root, classes=4, per_class=10, val_per_class=3):
     (base/'val'/'val_annotations.txt').write_text('\n'.join(ann) + '\n')
 
 # images per class in the ImageNet train folder: enough for the exponential IF-100 subset (imagenet_lt_if100, n_max =
-# the mean, 101) to keep one image of the rarest class; the OLTR split files list the first `counts` of them
+# the largest class, 300) to keep one image of the rarest class; the OLTR split files list the first `counts` of them
 FOLDER = (300, 150, 100, 80, 60, 40, 40, 40)
 
 def write_imagenet_lt(root, counts=(9, 7, 6, 5, 4, 3, 2, 2)):
@@ -131,7 +132,8 @@ def test_every_table_and_profile_expands_to_valid_train_configs(table, profile):
     for r in rows:
         if profile == 'smoke': assert r.train['epochs'] == 1 and r.train['model'] == 'small_resnet' and r.train['limit_train'] > 0
         if profile == 'paper': assert r.train['model'] == ('resnet50' if table.startswith(('table2', 'table3')) else 'resnet32')
-        if r.method.startswith('ours') and r.train['loss'] != 'ours_tuned':   # the Table 3 switches are explicit in every ours-row
+        if r.method.startswith('ours') and r.train['loss'] != 'ours_tuned' and 'use_intra' in loss_hparams(r.train['loss']):
+            # the Table 3 switches are explicit in every ours-row whose loss has them (the prototype has neither)
             assert {'use_margin', 'use_intra'} <= set(r.train['loss_params'])
     assert set(CORE_PROFILES) <= set(spec['profiles']) <= set(PROFILES)
 
@@ -163,10 +165,10 @@ def test_table_specific_settings():
     assert all(c['val_per_class'] == 300 and c['model'] == 'small_resnet' for c in fm.values())
     assert {n for n in fm if not n.endswith(('-if500', '-if10', '-if1'))} == {f'{m}-if100' for m in
             ('softmax', 'class_balanced', 'focal', 'ghm', 'effective_number', 'equalization', 'seesaw', 'ours', 'ours_tuned', 'ours_r',
-             'ours_a_u', 'ours_r_a_u', 'ours_r_dens')}
+             'ours_a_u', 'ours_r_a_u', 'ours_r_dens', 'ours_prototype', 'ours_ghmc', 'ours_global')}
     assert len({fm[f'softmax-if{f}']['epochs'] for f in (500, 100, 10, 1)}) > 1          # the per-IF epochs of the cpu profile
-    assert len(plan_jobs("fmnist_lt", "cpu")) == 126                                      # 42 rows x the config's 3 seeds
-    assert len(plan_jobs("fmnist_lt", "long")) == 39 and len(plan_jobs("fmnist_lt", "mid")) == 24   # the budget profiles' rows
+    assert len(plan_jobs("fmnist_lt", "cpu")) == 150                                      # 50 rows x the config's 3 seeds
+    assert len(plan_jobs("fmnist_lt", "long")) == 57 and len(plan_jobs("fmnist_lt", "mid")) == 24   # the budget profiles' rows
     assert {'fmnist_lt', 'table1', 'table2', 'table3'} <= set(list_tables())
     assert all(RUNS.paper_notebook(t).is_file() for t in ROWS)
 
@@ -405,10 +407,11 @@ def test_table2_smoke_imagenet_lt(data_root, shared_root):
     code, out, err = cli(cli_reproduce, args)
     assert code == 0, out + err
     m = json.loads((shared_root/'smoke'/'runs'/'table2'/'imagenet_lt_if100-softmax'/'seed0'/'metrics.json').read_text())
-    # the exponential IF-100 subset of the train folder (n_max = its mean, 101), cut to the smoke profile's 48 images
+    # the exponential IF-100 subset of the train folder (n_max = its largest class, 300), cut to the smoke profile's 48 images
     assert m['config']['dataset'] == 'imagenet_lt_if100' and m['class_counts'][0] / max(m['class_counts'][-1], 1) > 10
     assert set(m['last']['groups']['quartile']) == {'Many', 'Medium', 'Few', 'Rare'}
     for ext in ('md', 'tex', 'csv'): assert (shared_root/'smoke'/'tables'/f'table2.{ext}').is_file()
+    assert 'poster: mean of its 4 groups' in (shared_root/'smoke'/'tables'/'table2_overall.md').read_text()
     for stem in ('per_class', 'groups', 'curves', 'margins'): assert (shared_root/'smoke'/'figures'/f'table2_{stem}.png').is_file()
     md = (shared_root/'smoke'/'tables'/'table2.md').read_text()
     assert '| ImageNet-LT (IF 100) | Softmax | reproduced |' in md
