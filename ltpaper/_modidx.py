@@ -259,6 +259,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'ltpaper.losses._param_docs': ('losses.html#_param_docs', 'ltpaper/losses.py'),
                                 'ltpaper.losses.build_loss': ('losses.html#build_loss', 'ltpaper/losses.py'),
                                 'ltpaper.losses.check_inert_hparams': ('losses.html#check_inert_hparams', 'ltpaper/losses.py'),
+                                'ltpaper.losses.counts_free': ('losses.html#counts_free', 'ltpaper/losses.py'),
                                 'ltpaper.losses.document_losses': ('losses.html#document_losses', 'ltpaper/losses.py'),
                                 'ltpaper.losses.effective_hparams': ('losses.html#effective_hparams', 'ltpaper/losses.py'),
                                 'ltpaper.losses.eql_logits': ('losses.html#eql_logits', 'ltpaper/losses.py'),
