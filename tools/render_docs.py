@@ -11,6 +11,7 @@ rewritten from committed files only; the text around it is left as written. Kind
   runs TABLE PROFILE SEEDS  how many runs `ltpaper reproduce TABLE --profile PROFILE --seeds SEEDS` makes
   run-minutes TABLE PROFILE SEEDS
                             the minutes of training those runs took, summed from their committed metrics.json
+  runs-table TABLE PROFILE  the committed runs of that profile: device, epochs, wall-clock minutes, images/s
 
 `python tools/render_docs.py` rewrites the blocks in place; `--check` rewrites nothing and exits 1 naming every
 stale block. tests/test_rendered_numbers.py re-renders in memory and checks that no shown figure is typed."""
@@ -130,7 +131,7 @@ def r_verdict(root):
 def _jobs(table, profile, seeds):
     sys.path.insert(0, str(ROOT))
     from ltpaper.runs import parse_seeds, plan_jobs
-    return plan_jobs(table, profile, seeds=parse_seeds(seeds))
+    return plan_jobs(table, profile, seeds=parse_seeds(seeds) if seeds else None)
 
 
 def r_runs(root, table, profile, seeds):
@@ -148,7 +149,20 @@ def r_run_minutes(root, table, profile, seeds):
     return f'{total / 60:.0f}'
 
 
-RENDERERS = {'file': r_file, 'table': r_table, 'headline': r_headline, 'verdict': r_verdict, 'runs': r_runs, 'run-minutes': r_run_minutes}
+def r_runs_table(root, table, profile):
+    "The committed runs of a table's profile: row, seed, device, epochs, wall-clock minutes, images/s (their metrics.json)."
+    lines = ['| row | seed | device | epochs | minutes (wall clock) | images/s |', '|:--|--:|:--|--:|--:|--:|']
+    for j in _jobs(table, profile, None):
+        p = Path(j.out_dir)/'metrics.json'
+        if not p.is_file(): continue
+        m = json.loads(p.read_text())
+        dev = m['provenance'].get('device') or m['config'].get('device')
+        lines.append(f"| {j.row} | {j.seed} | {dev} | {len(m['history'])} | {m['wall_time_s'] / 60:.1f} | {m['images_per_s']:,.0f} |")
+    return '\n'.join(lines) if len(lines) > 2 else 'No run of this profile is committed.'
+
+
+RENDERERS = {'file': r_file, 'table': r_table, 'headline': r_headline, 'verdict': r_verdict, 'runs': r_runs, 'run-minutes': r_run_minutes,
+             'runs-table': r_runs_table}
 
 
 # ---------------------------------------------------------------- rewriting the blocks
