@@ -2,7 +2,8 @@
 (nothing is executed), then every built page is opened in headless Chromium (Debian's `chromium`, which `make test`
 installs) with every network name unresolvable, so nothing can come from outside: each page loads, every image on it
 renders with a non-zero size, every internal link resolves to a built file (and to an element of that page when it
-names an anchor), every Markdown table of its source is an HTML table (no raw pipe text) that stays inside the page,
+names an anchor), every Markdown table of its source is an HTML table (no raw pipe text) that fits the page or
+scrolls inside a box that does,
 and its math is typeset by the MathJax that the site serves itself (the method page has math). A screenshot of every
 page is written into the build folder (`_build/screenshots/`).
 
@@ -87,6 +88,11 @@ CHECK = r"""(async () => {
   if (mj && mj.startup && mj.startup.promise) await Promise.race([mj.startup.promise, new Promise(r => setTimeout(r, 15000))]);
   const main = d.querySelector('main, article, [role=main]') || d.body, box = main.getBoundingClientRect();
   const math = [...main.querySelectorAll('.math')];
+  // a table is inside the page when its right edge is, or when a box between it and the page scrolls and is
+  const fits = e => e.getBoundingClientRect().right <= box.right + 1;
+  const inside = t => { for (let e = t; e && e !== main; e = e.parentElement) {
+      if (e === t ? fits(e) : (['auto', 'scroll'].includes(getComputedStyle(e).overflowX) && fits(e))) return true; }
+    return fits(t); };
   return {url: location.href, title: d.title, text: main ? main.innerText.trim().length : 0,
     refresh: refresh ? new URL(refresh.content.replace(/^[^;]*;\s*url=/i, ''), location.href).href : null,
     images: imgs.map(i => { const b = i.getBoundingClientRect();
@@ -95,8 +101,7 @@ CHECK = r"""(async () => {
     links: [...d.querySelectorAll('a[href]')].map(a => a.href),
     ids: [...d.querySelectorAll('[id], a[name]')].map(e => e.id || e.getAttribute('name')),
     tables: main.querySelectorAll('table').length,
-    wide: [...main.querySelectorAll('table')].filter(t => t.getBoundingClientRect().right > box.right + 1)
-            .map(t => t.innerText.slice(0, 60)),
+    wide: [...main.querySelectorAll('table')].filter(t => !inside(t)).map(t => t.innerText.slice(0, 60)),
     paragraphs: [...main.querySelectorAll('p')].map(p => p.innerText).filter(t => t.includes('|')),
     math: math.length, typeset: main.querySelectorAll('mjx-container').length,
     raw_math: math.filter(m => !m.querySelector('mjx-container')).map(m => m.innerText.slice(0, 60))};
