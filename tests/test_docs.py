@@ -3,9 +3,8 @@
 installs) with every network name unresolvable, so nothing can come from outside: each page loads, every image on it
 renders with a non-zero size, every internal link resolves to a built file (and to an element of that page when it
 names an anchor), every Markdown table of its source is an HTML table (no raw pipe text) that fits the page or
-scrolls inside a box that does,
-and its math is typeset by the MathJax that the site serves itself (the method page has math). A screenshot of every
-page is written into the build folder (`_build/screenshots/`).
+scrolls inside a box that does, and its math is typeset by the MathJax that the site serves itself (the method page
+has math). A screenshot of every page is written into the build folder (`_build/screenshots/`).
 
 The test drives one Chromium over the DevTools protocol: it loads each page from a local HTTP server, runs the
 checks in the page and captures the screenshot. A control page with a broken image, link and anchor, a raw pipe
@@ -172,18 +171,21 @@ class Browser:
             self.events.append(json.loads(self.ws.recv()).get('method'))
         self.events.clear()
 
+    def value(self, expression):
+        "The value of a JavaScript expression in the page; None while the page is between two documents."
+        try: return self.call('Runtime.evaluate', expression=expression, returnByValue=True)['result'].get('value')
+        except AssertionError: return None
+
+    def settle_redirect(self, url, timeout=30):
+        "After loading a page that redirects (meta refresh), wait until the target has replaced it and loaded."
+        t0 = time.time()
+        while not (self.value('location.href') not in (None, url) and self.value('document.readyState') == 'complete'):
+            assert time.time() - t0 < timeout, f'{url} did not redirect within {timeout} s'
+            time.sleep(0.1)
+
     def check(self) -> dict:
-        "Run CHECK in the page; a page that redirects (meta refresh) is checked where it lands."
-        refresh = "document.querySelector('meta[http-equiv=\"refresh\" i]') !== null"
-        try: redirects = self.call('Runtime.evaluate', expression=refresh, returnByValue=True)['result'].get('value')
-        except AssertionError: redirects = True          # the page went away under the call: it is redirecting
-        if redirects: self.loaded()
-        for attempt in range(2):
-            try:
-                return self.call('Runtime.evaluate', expression=CHECK, awaitPromise=True, returnByValue=True)['result']['value']
-            except AssertionError:
-                if attempt: raise
-                self.loaded()
+        "Run CHECK in the page."
+        return self.call('Runtime.evaluate', expression=CHECK, awaitPromise=True, returnByValue=True)['result']['value']
 
     def close(self):
         try: self.ws.close()
@@ -204,7 +206,10 @@ def browse(html: Path, pages: list, served: dict, tmp: Path, shots: Path) -> lis
     try:
         for p in pages:
             try:
-                browser.open(f'http://127.0.0.1:{server.server_port}/{p}')
+                url = f'http://127.0.0.1:{server.server_port}/{p}'
+                browser.open(url)
+                if (html/p).is_file() and re.search(r'<meta[^>]*http-equiv="refresh"', (html/p).read_text(), re.I):
+                    browser.settle_redirect(url)              # the page it lands on is checked
                 res = dict(browser.check(), page=p)
                 png = browser.call('Page.captureScreenshot', format='png')['data']
                 (shots/(p.replace('/', '__')[:-len('.html')] + '.png')).write_bytes(base64.b64decode(png))
@@ -271,6 +276,7 @@ def test_every_page_loads_renders_tables_math_and_links_and_has_a_screenshot(sit
     assert seen['nbs/method.html']['typeset'] > 10 and seen['nbs/method.html']['math'] > 10
     assert all(any(l.endswith(d) for l in seen['README.html']['links']) for d in docs - {'docs/figures.html'})
     assert any('arxiv.org/abs/2204.09234' in l for l in seen['README.html']['links'])
+    assert seen['index.html']['url'].endswith('/README.html')                 # the site opens on the README
     # Notebook pages read like nbdev's docs (docs/nbdev_cells.py): no `#| hide` cell, no `#| ...` directive line.
     leftovers = [p for p in nbs if '#| ' in (site / p).read_text()]
     assert not leftovers, f'nbdev directives left on {leftovers}'
