@@ -9,7 +9,7 @@ PROFILE ?= cpu
 SEEDS   ?= 0
 TABLES  ?= fmnist_lt
 
-.PHONY: install data chromium test test-fast reproduce refresh-results bench sync-check clean-nbs notebooks lab docs
+.PHONY: install data chromium test test-fast reproduce refresh-results bench sync-check clean-nbs notebooks lab docs render
 
 install: $(STAMP)
 
@@ -32,7 +32,14 @@ chromium:
 	@if ! command -v chromium >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null; }; fi
 
-# The documentation site: every notebook rendered with its committed outputs (never executed), into docs/_build/html.
+# The numbers of README.md and docs/*.md, rendered from the committed tables and results (tools/render_docs.py
+# rewrites the blocks between its begin:/end: comments; `--check` only reports stale ones). Run it after the results
+# or the paper notebooks' tables change.
+render: $(STAMP)
+	$(PY) tools/render_docs.py
+
+# The documentation site: the pages of docs/ and every notebook rendered with its committed outputs (never executed),
+# into docs/_build/html; MathJax is served from the site (sphinx-mathjax-offline), so it builds and reads offline.
 docs: $(STAMP)
 	rm -rf docs/_build
 	PATH=$(BIN):$$PATH $(BIN)/jupyter-book build . --config docs/_config.yml --toc docs/_toc.yml --path-output docs

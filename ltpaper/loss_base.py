@@ -64,11 +64,14 @@ class LTLoss(nn.Module):
     last_weights = None            # re-weighting losses: the weights of the last batch (see each loss for meaning and scale)
     update_stats: bool|None = None  # None: statistics update in train() mode with autograd on; True/False: always/never
     checks_own_losses = False      # True: forward keeps the statistics when a per-sample loss is not finite (CPU, eager)
+    needs_counts = True            # False: the loss never reads class_counts, which may then be None (C from the logits)
 
-    def __init__(self, class_counts):
+    def __init__(self, class_counts=None):
         super().__init__()
-        self.register_buffer('class_counts', _as_counts(class_counts))
-        self.num_classes = len(self.class_counts)
+        if class_counts is None and self.needs_counts:
+            raise ValueError(f"{type(self).__name__} needs class_counts (training images per class, class 0 first)")
+        self.register_buffer('class_counts', None if class_counts is None else _as_counts(class_counts))
+        self.num_classes = None if class_counts is None else len(self.class_counts)   # None: any C, read from the logits
 
     @property
     def counts1(self): return self.class_counts.clamp(min=1).float()  # zero-count classes act as count 1
@@ -85,10 +88,11 @@ class LTLoss(nn.Module):
         if not torch.is_tensor(target) or target.dtype not in (torch.long, torch.int32, torch.int64): raise ValueError(f"{name}: target must be an integer (long) tensor of class indices")
         if target.dim() != 1: raise ValueError(f"{name}: target must be 1-D (batch,), got shape {tuple(target.shape)}")
         if target.shape[0] != logits.shape[0]: raise ValueError(f"{name}: batch sizes differ: logits has {logits.shape[0]} rows, target {target.shape[0]}")
-        if logits.shape[1] != self.num_classes: raise ValueError(f"{name}: logits have {logits.shape[1]} classes but class_counts has {self.num_classes} entries")
+        C = logits.shape[1] if self.num_classes is None else self.num_classes
+        if logits.shape[1] != C: raise ValueError(f"{name}: logits have {logits.shape[1]} classes but class_counts has {C} entries")
         if target.device.type == 'cpu' and not torch.compiler.is_compiling() and target.numel():   # no host sync on accelerators
             lo, hi = (int(v) for v in torch.aminmax(target))
-            if lo < 0 or hi >= self.num_classes: raise ValueError(f"{name}: target out of range: values must lie in [0, {self.num_classes - 1}], got [{lo}, {hi}]")
+            if lo < 0 or hi >= C: raise ValueError(f"{name}: target out of range: values must lie in [0, {C - 1}], got [{lo}, {hi}]")
         z = logits if logits.dtype == torch.float64 else logits.float()
         return z, target.long()
 

@@ -6,8 +6,8 @@
 __all__ = ['LOSSES', 'TABLE3_ROWS', 'softmax_loss', 'SoftmaxLoss', 'weighted_ce', 'ClassBalancedLoss', 'EffectiveNumberLoss',
            'focal_factor', 'focal_loss', 'FocalLoss', 'ghm_c_weights', 'GHMLoss', 'eql_logits', 'EqualizationLoss',
            'seesaw_logits', 'SeesawLoss', 'LDAMLoss', 'LogitAdjustmentLoss', 'BalancedSoftmaxLoss', 'loss_hparams',
-           'effective_hparams', 'build_loss', 'document_losses', 'check_inert_hparams', 'counts_from_labels', 'LTLoss',
-           'margin_logits', 'ours_loss', 'IntraStats', 'OURS_BINNINGS', 'OursLoss']
+           'effective_hparams', 'counts_free', 'build_loss', 'document_losses', 'check_inert_hparams',
+           'counts_from_labels', 'LTLoss', 'margin_logits', 'ours_loss', 'IntraStats', 'OURS_BINNINGS', 'OursLoss']
 
 # %% ../nbs/00_losses.ipynb #a9231621
 import inspect, math
@@ -29,6 +29,7 @@ def softmax_loss(logits, target):
 
 class SoftmaxLoss(LTLoss):
     "Plain softmax cross-entropy."
+    needs_counts = False
     def forward(self, logits, target, index=None):
         z, y = self.check_inputs(logits, target)
         return softmax_loss(z, y)
@@ -75,6 +76,7 @@ def focal_loss(logits, target, gamma=1.0):
 
 class FocalLoss(LTLoss):
     "Softmax focal loss; `last_weights` (B,): the modulating factors (1 - p_{i,y_i}) ** gamma in [0, 1], detached."
+    needs_counts = False
     def __init__(self, class_counts,
                  gamma: float = 1.0):   # focusing exponent: CE_i is scaled by (1 - p_{i,y_i}) ** gamma
         super().__init__(class_counts)
@@ -102,6 +104,7 @@ def ghm_c_weights(g, acc_sum, bins, momentum):
 class GHMLoss(LTLoss):
     "Sigmoid GHM-C over all C outputs with one-hot targets; `last_weights` (B, C): the per-output weights T / S_bin / n."
     stateful = True
+    needs_counts = False
     def __init__(self, class_counts,
                  bins: int = 10,             # uniform bins of g = |sigmoid(z) - y| (30 on Tiny-ImageNet-LT)
                  momentum: float = 0.75):    # EMA momentum of the bin counts (0: this batch only)
@@ -112,7 +115,7 @@ class GHMLoss(LTLoss):
         self.register_buffer('acc_sum', torch.zeros(bins))
     def forward(self, logits, target, index=None):
         z, y = self.check_inputs(logits, target)
-        onehot = F.one_hot(y, self.num_classes).to(z.dtype)
+        onehot = F.one_hot(y, z.shape[1]).to(z.dtype)
         with torch.no_grad():
             g = (torch.sigmoid(z) - onehot).abs()
             w, acc = ghm_c_weights(g, self.acc_sum.to(z.dtype), self.bins, self.momentum)
@@ -232,13 +235,21 @@ def effective_hparams(name, hparams=None) -> dict:
     inert = inert_of(full) if inert_of else set()
     return {k: v for k, v in full.items() if k not in inert}
 
+def counts_free() -> list:
+    "Names of the registered losses that read no class counts (`build_loss(name)` works without them)."
+    return sorted(k for k, cls in LOSSES.items() if not getattr(cls, 'needs_counts', True))
+
 def build_loss(name: str,                       # a key of `LOSSES` (listed below)
-               class_counts,                    # training images per class: list/tuple/array/tensor by position, or
-                                                # {label: count} as a dict, Counter or pandas Series (missing labels: 0)
+               class_counts=None,               # training images per class: list/tuple/array/tensor by position, or
+                                                # {label: count} as a dict, Counter or pandas Series (missing labels: 0);
+                                                # None only for the losses that read no counts (`counts_free()`)
                num_classes: int|None = None,    # C for counts keyed by label (default: the largest label + 1)
                **hparams) -> nn.Module:         # the loss's hyperparameters: `help(LOSSES[name])` lists them
     "Build a registered loss for a training set with `class_counts` per class."
     known = loss_hparams(name)
+    if class_counts is None and getattr(LOSSES[name], 'needs_counts', True):
+        raise ValueError(f"build_loss({name!r}) needs class_counts (training images per class, class 0 first); "
+                         f"only {', '.join(counts_free())} work without them")
     unknown = set(hparams) - set(known)
     if unknown: raise ValueError(f"loss {name!r} has no hyperparameter(s) {sorted(unknown)}; it takes {sorted(known)}")
     for k, v in hparams.items():                     # a value must have its default's type (ints pass for floats)
@@ -247,6 +258,10 @@ def build_loss(name: str,                       # a key of `LOSSES` (listed belo
         ok = (v is None or d is None or isinstance(v, type(d)) or (isinstance(d, float) and isinstance(v, int))) and not (
               isinstance(v, bool) and not isinstance(d, bool) and d is not None)
         if not ok: raise ValueError(f"loss {name!r}: hyperparameter {k}={v!r} must be a {type(d).__name__} like its default {d!r}")
+    if class_counts is None:
+        loss = LOSSES[name](None, **hparams)
+        if num_classes is not None: loss.num_classes = int(num_classes)   # C fixed: the logits are checked against it
+        return loss
     return LOSSES[name](_as_counts(class_counts, num_classes), **hparams)
 
 def _param_docs(cls) -> str:

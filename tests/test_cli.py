@@ -110,3 +110,72 @@ def test_slurm_launcher_without_slurm_is_refused_up_front(tmp_path, monkeypatch)
                                          '--launcher', 'slurm', '--no-render', '--results-root', str(tmp_path/'r')])
     assert code == 2 and "no `sbatch` on PATH" in err and err.count('\n') == 1, err
     assert not (tmp_path/'r').exists()
+
+
+# ---------------------------------------------------------------- ltpaper --help
+def test_help_lists_the_tables_profiles_and_examples():
+    import subprocess, sys
+    from ltpaper.cli import EXAMPLES
+    from ltpaper.settings import PROFILES
+    from ltpaper.tables import list_tables
+    from helpers import env
+    p = subprocess.run([sys.executable, '-m', 'ltpaper.cli', '--help'], capture_output=True, text=True, env=env(), timeout=60)
+    assert p.returncode == 0 and p.stderr == '', p.stderr
+    assert 'tables (configs/<table>.yaml): ' + ', '.join(list_tables()) in p.stdout and 'table1' in p.stdout
+    assert 'profiles: ' + ', '.join(PROFILES) in p.stdout
+    assert 'examples:' in p.stdout and len(EXAMPLES) >= 4 and all(c in p.stdout for c, _ in EXAMPLES)
+    assert all(c.split()[1] in {'train', 'reproduce', 'status', 'fetch', 'verify', 'compare'} for c, _ in EXAMPLES)
+
+
+# ---------------------------------------------------------------- ltpaper train says where its results went
+@need_fmnist
+def test_train_ends_by_printing_where_its_metrics_are(tmp_path):
+    code, out, err = cli(cli_train, SMOKE + ['--out-dir', str(tmp_path/'run')])
+    assert code == 0, err
+    last = out.splitlines()[-1]
+    assert last == f"metrics: {tmp_path/'run'/'metrics.json'}" and (tmp_path/'run'/'metrics.json').is_file(), out
+
+
+# ---------------------------------------------------------------- reproduce refuses a missing dataset before any run
+def test_reproduce_refuses_a_missing_dataset_before_the_first_run(tmp_path, monkeypatch):
+    import papermill
+    monkeypatch.setenv('LTPAPER_DATA_ROOT', str(tmp_path/'no-data'))
+    monkeypatch.setattr(papermill, 'execute_notebook', lambda *a, **k: pytest.fail('papermill started'))
+    rr = tmp_path/'r'
+    # the fmnist row (Debian's copy or absent) comes first, the CIFAR-10 row must be named either way
+    argv = ['table1', '--profile', 'smoke', '--rows', 'cifar10_lt-softmax-if10,tinyimagenet_lt-softmax-if10', '--seeds', '0',
+            '--results-root', str(rr)]
+    code, out, err = cli(cli_reproduce, argv)
+    assert (code, out, err.count('\n')) == (2, '', 1), err
+    assert err.startswith('ltpaper reproduce: error: table1/cifar10_lt-softmax-if10 needs dataset cifar10_lt') and \
+        '`ltpaper fetch cifar10_lt`' in err, err
+    assert not rr.exists()                                                   # nothing planned on disk, nothing run
+    code, out, _ = cli(cli_reproduce, argv + ['--dry-run'])                  # the plan can still be listed
+    assert code == 0 and out.count('run ') == 2
+
+
+# ---------------------------------------------------------------- failures are printed before "next: ..."
+def test_failed_lines_come_before_the_next_command(tmp_path, monkeypatch):
+    import contextlib, io
+    import ltpaper.launch as L
+    import ltpaper.reproduce as rp
+    def fake_run(job, **kw):                                                 # one row fails, one finishes
+        if job.row == 'focal-if100':
+            return dict(table=job.table, row=job.row, seed=job.seed, state='failed', error='ValueError: boom', executed=job.executed)
+        fake_metrics(job)
+        return dict(table=job.table, row=job.row, seed=job.seed, state='done', executed=job.executed)
+    def fake_render(table, profile, results_root=None, seeds=None, **kw):
+        r = output_roots(profile, results_root)
+        r['tables'].mkdir(parents=True, exist_ok=True)
+        (r['tables']/f'{table}.md').write_text('x')
+        return None
+    monkeypatch.setattr(L, 'run_job', fake_run)
+    monkeypatch.setattr(rp, 'render', fake_render)
+    both = io.StringIO()                                                     # stdout and stderr as a terminal shows them
+    with contextlib.redirect_stdout(both), contextlib.redirect_stderr(both):
+        code = cli_reproduce(['fmnist_lt', '--profile', 'smoke', '--rows', 'softmax-if100,focal-if100', '--seeds', '0',
+                              '--results-root', str(tmp_path)])
+    lines = both.getvalue().splitlines()
+    failed = [i for i, l in enumerate(lines) if l.startswith('FAILED fmnist_lt/focal-if100 seed0: ValueError: boom')]
+    nxt = [i for i, l in enumerate(lines) if l.startswith('next: ')]
+    assert code == 1 and failed and nxt and failed[0] < nxt[0] == len(lines) - 1, lines

@@ -65,3 +65,42 @@ def test_a_loss_with_matrix_weights_trains(tmp_path, monkeypatch):
     monkeypatch.setattr(tr, 'build_loss', build)
     m = train(smoke(tmp_path, loss='ours', epochs=1, milestones=[], lr_decay=[], warmup_epochs=0, limit_train=200))
     assert m['history'][0].get('weights') is None
+
+
+# ---------------------------------------------------------------- building and evaluating a criterion
+def test_build_loss_without_counts_works_where_none_are_read_and_says_which_otherwise():
+    from ltpaper.losses import LOSSES, counts_free
+    z, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 0, 1])
+    assert counts_free() == ['focal', 'ghm', 'softmax']
+    for name in counts_free():
+        assert torch.equal(build_loss(name)(z, y), build_loss(name, [9, 5, 2, 1])(z, y)), name
+    assert torch.allclose(build_loss('softmax')(z, y), torch.nn.functional.cross_entropy(z, y))
+    for name in sorted(set(LOSSES) - set(counts_free())):
+        with pytest.raises(ValueError) as e:
+            build_loss(name)
+        msg = str(e.value)
+        assert '\n' not in msg and f"build_loss({name!r}) needs class_counts" in msg and 'focal, ghm, softmax' in msg, msg
+
+
+def test_a_registered_criterion_follows_model_eval_and_no_grad_leaves_no_graph():
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.criterion = torch.nn.Linear(5, 3), build_loss('ours', [50, 10, 2])
+    torch.manual_seed(0)
+    net, x, y = Net(), torch.randn(12, 5), torch.tensor([0, 1, 2] * 4)
+    net.criterion(net.body(x), y)                                     # train(): statistics move
+    state = {k: v.clone() for k, v in net.criterion.state_dict().items()}
+    same = lambda: all(torch.equal(state[k], v) for k, v in net.criterion.state_dict().items())
+    net.eval()
+    assert not net.criterion.training                                  # model.eval() reaches the registered criterion
+    v = net.criterion(net.body(x), y)
+    assert same() and v.requires_grad                                 # eval with autograd on: statistics kept, graph kept
+    with torch.no_grad():
+        v = net.criterion(net.body(x), y)
+    assert same() and not v.requires_grad and v.grad_fn is None       # evaluation under no_grad: no graph
+    beside = build_loss('ours', [50, 10, 2])                           # a criterion kept beside the model
+    net.eval()
+    assert beside.training                                             # is not reached by model.eval() (as any nn.Module)
+    net.train()
+    assert net.criterion.training

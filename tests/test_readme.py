@@ -1,6 +1,7 @@
 """Every code block of README.md runs: ```python blocks in a fresh interpreter importing this checkout, the
 `ltpaper train` command of the ```bash blocks parsed exactly as written and then run for one epoch on a small subset
-into a temporary out-dir. Unlabelled blocks are layouts and placeholders (`nbs/X.ipynb`), not commands."""
+into a temporary out-dir. Unlabelled blocks are layouts and placeholders (`nbs/X.ipynb`), not commands. The README
+stays a front page (at most 10,000 characters, every link resolving), and its loss example shows weights that moved."""
 import re, shlex, subprocess, sys
 
 import pytest
@@ -22,6 +23,26 @@ def _commands(code: str) -> list[list[str]]:
 
 def test_readme_has_code_blocks():
     assert PYTHON and BASH and all(lang in ('', 'python', 'bash', 'sh', 'shell') for lang, _ in BLOCKS)
+
+
+def test_readme_is_a_front_page():
+    text = (ROOT/'README.md').read_text()
+    assert len(text) <= 10_000, f'README.md has {len(text):,} characters: move details to a page under docs/'
+    links = re.findall(r'\]\(([^)#\s]+)(?:#[^)]*)?\)', text)
+    local = [l for l in links if not l.startswith(('http://', 'https://'))]
+    assert 'https://arxiv.org/abs/2204.09234' in links and len(local) >= 7, links
+    assert not [l for l in local if not (ROOT/l).is_file()], 'README links to missing files'
+    assert {f'docs/{p}.md' for p in ('losses', 'reproducing', 'results', 'robustness', 'performance', 'contributing')} <= set(local)
+
+
+def test_the_loss_example_shows_weights_that_moved(tmp_path):
+    "The example trains a few steps before it prints the weights: no class shows the all-ones weights of a first batch."
+    (code,) = [c for c in PYTHON if 'last_weights' in c]
+    r = subprocess.run([sys.executable, '-c', code], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    spans = [tuple(map(float, m)) for m in re.findall(r'weights (\d+\.\d+) \.\. (\d+\.\d+)', r.stdout)]
+    assert len(spans) >= 2 and all(lo < 1 < hi for lo, hi in spans), r.stdout
+    assert re.search(r'eval loss \d+\.\d+', r.stdout), r.stdout
 
 
 @pytest.mark.parametrize('code', PYTHON, ids=[f'python{i}' for i in range(len(PYTHON))])

@@ -381,10 +381,15 @@ def test_fmnist_smoke_end_to_end_and_rerun(tmp_path, data_root):
 
 @pytest.mark.slow
 def test_table1_failing_row_does_not_stop_the_others(tmp_path, data_root):
-    "CIFAR-10 missing: its row fails (error.json + executed notebook), Tiny-ImageNet still runs; then only CIFAR-10 reruns."
+    """CIFAR-10 missing: `ltpaper reproduce` refuses up front, naming it; `reproduce()` itself (a dataset that goes
+    missing once runs have started) fails that row alone (error.json + executed notebook), Tiny-ImageNet still runs;
+    then only CIFAR-10 reruns."""
     args = ['table1', '--profile', 'smoke', '--rows', 'cifar10_lt-softmax-if10,tinyimagenet_lt-ours-if10', '--seeds', '0', '--results-root', str(tmp_path)]
     code, out, err = cli(cli_reproduce, args + ['--no-render'])
-    assert code == 1 and 'FAILED table1/cifar10_lt-softmax-if10 seed0' in err and '0 skipped (done), 1 failed' in out, out + err
+    assert code == 2 and 'needs dataset cifar10_lt' in err and 'ltpaper fetch cifar10_lt' in err and not any(tmp_path.iterdir()), err
+    res = R.reproduce('table1', 'smoke', 'cifar10_lt-softmax-if10,tinyimagenet_lt-ours-if10', [0], results_root=tmp_path,
+                      render_outputs=False, progress=False, log=lambda *a: None)
+    assert [f['row'] for f in res['failed']] == ['cifar10_lt-softmax-if10'] and [r['state'] for r in res['ran']].count('done') == 1
     e = json.loads((tmp_path/'smoke'/'runs'/'table1'/'cifar10_lt-softmax-if10'/'seed0'/'error.json').read_text())
     assert e['error'].startswith('FileNotFoundError') and 'cifar10_lt' in e['error'] and Path(e['executed_notebook']).is_file()
     m = json.loads((tmp_path/'smoke'/'runs'/'table1'/'tinyimagenet_lt-ours-if10'/'seed0'/'metrics.json').read_text())

@@ -13,7 +13,7 @@ def ltpaper(*args, timeout=1200):
 
 # Committed cpu-profile runs that CI reruns: an IF-10 row and two stateful losses at IF 100 (about 3 minutes on
 # 2 cores). A change of the code that alters committed numbers fails here until the affected runs are rerun
-# (`ltpaper verify fmnist_lt` names them; README: "Is a committed number still what the code computes?").
+# (`ltpaper verify fmnist_lt` names them; docs/reproducing.md, `ltpaper verify`).
 CI_SAMPLE = 'softmax-if10,seesaw-if100,ours-if100'
 
 def test_committed_sample_reproduces():
