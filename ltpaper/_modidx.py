@@ -55,6 +55,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                 'ltpaper.budget.budget_table': ('budget.html#budget_table', 'ltpaper/budget.py'),
                                 'ltpaper.budget.paired_differences': ('budget.html#paired_differences', 'ltpaper/budget.py'),
                                 'ltpaper.budget.plot_budget': ('budget.html#plot_budget', 'ltpaper/budget.py'),
+                                'ltpaper.budget.reading_claims': ('budget.html#reading_claims', 'ltpaper/budget.py'),
                                 'ltpaper.budget.verdict_table': ('budget.html#verdict_table', 'ltpaper/budget.py'),
                                 'ltpaper.budget.write_budget': ('budget.html#write_budget', 'ltpaper/budget.py')},
             'ltpaper.checkpoint': { 'ltpaper.checkpoint.atomic_write': ('checkpoint.html#atomic_write', 'ltpaper/checkpoint.py'),
