@@ -89,7 +89,7 @@ clean-nbs: $(STAMP)
 # Notebooks committed with their outputs, so that a reader on a code host sees their figures and tables: the library
 # notebooks whose point is a picture and every paper notebook. `make notebooks` executes them in place (kernels import
 # this checkout's ltpaper) and cleans them; unchanged code and results give unchanged bytes.
-NOTEBOOKS_WITH_OUTPUTS := nbs/01_binning.ipynb nbs/method.ipynb nbs/paper/fmnist_lt.ipynb nbs/paper/fmnist_lt_budget.ipynb \
+NOTEBOOKS_WITH_OUTPUTS := nbs/losses/02_binning.ipynb nbs/method.ipynb nbs/paper/fmnist_lt.ipynb nbs/paper/fmnist_lt_budget.ipynb \
                           nbs/paper/intra_balance_study.ipynb nbs/paper/table1.ipynb nbs/paper/table2.ipynb nbs/paper/table3.ipynb
 notebooks: $(STAMP)
 	for nb in $(NOTEBOOKS_WITH_OUTPUTS); do \

@@ -38,7 +38,7 @@ mkdir -p "$OUT_DIR"; export PYTHONUNBUFFERED=1
 t0=$(date +%s)
 if ! skip cells; then
   echo "== 1. CUDA-marked notebook cells"
-  if command -v nbdev-test >/dev/null; then nbdev-test --flags gpu nbs/00_losses.ipynb 2>&1 | tee "$OUT_DIR/cells.log"
+  if command -v nbdev-test >/dev/null; then nbdev-test --flags gpu nbs/losses/00_losses.ipynb 2>&1 | tee "$OUT_DIR/cells.log"
   else "$PY" benchmarks/gpu_cells.py 2>&1 | tee "$OUT_DIR/cells.log"; fi
 fi
 if ! skip loss; then

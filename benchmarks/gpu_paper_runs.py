@@ -6,7 +6,7 @@ leaves out the runs already committed under results/paper (unless --redo), and t
 --parallel at once, in one of two modes (--mode):
 - processes (the default): each run its own process (`ltpaper.train.train`), --parallel processes at once; the GPU
   time-slices between them (unless MPS runs);
-- streams: groups of --parallel runs, each group ONE process (`ltpaper.many.train_many`) that steps its runs in
+- streams: groups of --parallel runs, each group ONE process (`ltpaper.train.many.train_many`) that steps its runs in
   turn, each on its own CUDA stream, one group at a time. Each run's numbers are those of its solo run (tested on
   the CPU); whether it is faster is what `benchmarks/many_speed.py` measures.
 It writes, flat into --out: each
@@ -19,7 +19,7 @@ run too.
 
 Each run trains with `--step` (`TrainConfig.step`, a run-control field: the config hash, and so the installed
 run's id, is the same in every mode; the mode is recorded in the run's config and provenance). The default is
-`compiled`: the whole training step as one compiled graph replayed as a CUDA graph (nbs/04f_step.ipynb). Before the
+`compiled`: the whole training step as one compiled graph replayed as a CUDA graph (nbs/train/05_step.ipynb). Before the
 runs, `benchmarks/step_speed.py` times eager vs compiled steps of ResNet-32 for softmax and ours (at most
 --step-speed-s seconds of the window, counted in the deadline; 0 skips it).
 
@@ -40,22 +40,22 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from ltpaper.runs import parse_seeds
+from ltpaper.pipeline.runs import parse_seeds
 CHILD = ("import json, sys; from ltpaper.config import TrainConfig; from ltpaper.train import train; "
          "train(TrainConfig(**json.load(open(sys.argv[1]))))")
-CHILD_MANY = ("import json, sys; from ltpaper.config import TrainConfig; from ltpaper.many import train_many; "
+CHILD_MANY = ("import json, sys; from ltpaper.config import TrainConfig; from ltpaper.train.many import train_many; "
               "train_many([TrainConfig(**d) for d in json.load(open(sys.argv[1]))])")
 MODES = ('processes', 'streams')
 
 def budget_rows() -> str:
     "The IF-100 rows of the budget comparison: the `mid` profile's rows (one list, in the table's config)."
-    from ltpaper.tables import load_table
+    from ltpaper.pipeline.tables import load_table
     return ','.join(load_table('fmnist_lt')['profiles']['mid']['rows'])
 
 def plan(rows, seeds, results_root, device, data_root, epochs=None, step='compiled'):
     "The paper-profile jobs of `rows` x `seeds`, seed-major, trained with `step`; `epochs` makes a trial (another config hash)."
     from ltpaper.config import config_hash
-    from ltpaper.runs import plan_jobs
+    from ltpaper.pipeline.runs import plan_jobs
     rows = budget_rows() if rows == 'budget' else rows
     seeds = [seeds] if isinstance(seeds, int) else list(seeds)
     jobs = plan_jobs('fmnist_lt', 'paper', rows=rows, seeds=seeds, results_root=results_root, device=device)
@@ -72,7 +72,7 @@ def plan(rows, seeds, results_root, device, data_root, epochs=None, step='compil
 
 def to_run(jobs, redo=False):
     "The jobs not yet committed under results/paper (all of them with `redo`), and the committed ones left out."
-    from ltpaper.runs import job_state, output_roots, run_dir
+    from ltpaper.pipeline.runs import job_state, output_roots, run_dir
     if redo: return jobs, []
     root = output_roots('paper')['results']
     have = lambda j: job_state(dataclasses.replace(j, out_dir=str(run_dir(root, j.table, j.row, j.seed))))[0] == 'done'
@@ -233,7 +233,7 @@ def dry_run(ns):
 def install(src):
     "Copy fetched metrics files into results/paper/runs/fmnist_lt/<row>/seed<s>/metrics.json, checking their hashes."
     from ltpaper.config import config_hash
-    from ltpaper.runs import output_roots
+    from ltpaper.pipeline.runs import output_roots
     root = output_roots('paper')['results']      # results/paper/ (the results root's paper/ folder)
     n = 0
     for f in sorted(Path(src).glob('fmnist_lt-*-seed*.metrics.json')):

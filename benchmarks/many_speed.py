@@ -12,7 +12,7 @@ compiled code from inductor's on-disk cache instead of compiling it (its time is
 
 Then, each mode from a fresh process, started at once (processes first):
 - processes: N processes, each `ltpaper.train.train` of one run (`--threads` CPU threads each);
-- streams: one process, `ltpaper.many.train_many` of the N runs.
+- streams: one process, `ltpaper.train.many.train_many` of the N runs.
 Reported per mode: the wall time (start-up, data, compiled-code loading and training), and the steady throughput:
 per run, its training images over the median epoch time of epochs 2.. (all epochs when there is one), summed over
 the runs (in the processes mode this assumes the runs overlap, as they start together). The ratio streams/processes

@@ -5,7 +5,7 @@
                                     [--deadline-s 420] [--reuse DIR] [--out DIR] [--dry-run] [--commit SHA]
     python benchmarks/paper_cost.py --device cpu --steps 3 --warmup 1 --only 'cifar10_lt:*'     # a CPU trial
 
-1. Files in the real on-disk formats that ltpaper's readers read (nbs/02b_readers.ipynb), written into --data-dir
+1. Files in the real on-disk formats that ltpaper's readers read (nbs/data/02_readers.ipynb), written into --data-dir
    (a temporary folder unless given), each dataset just before its first measurement:
    - CIFAR-10 (`cifar-10-batches-py/data_batch_1..5`, `test_batch`) and CIFAR-100 (`cifar-100-python/train`, `test`):
      Python pickles at the real full sizes (50,000 + 10,000 random 32x32 images, exactly 5,000/500 per class), so the
@@ -17,7 +17,7 @@
      categories): a pool of --jpeg-train / --jpeg-test JPEGs at realistic sizes (500x375, about 108 KB, ImageNet's
      mean file size; 800x600, about 272 KB, iNaturalist 2017's 186 GB / 675,170 images), smooth images with noise.
    Random pixels: the times depend on the image and file sizes, not on what the images show.
-2. For every row of each table, the `paper` profile's TrainConfig (ltpaper.tables.expand_table). A step's work depends
+2. For every row of each table, the `paper` profile's TrainConfig (ltpaper.pipeline.tables.expand_table). A step's work depends
    on the dataset (model, batch, image size, classes, data path) and on the loss, not on the imbalance factor, which
    only sets the number of steps per epoch: so one measurement serves every IF of a (dataset, loss family). Families:
    `ours` (ours, ours_tuned, ours_study: measured with the paper's `ours`, R+A+AU, the most work of them), `seesaw`,
@@ -29,7 +29,7 @@
    (at least 3 with a compiled step: `ours` recompiles at its second step), then times --steps steps of `Run.step`
    (the eager loop or the compiled step, with the weight monitor of `ours`; --step eager by default, what
    `ltpaper reproduce --profile paper` runs), the time to the first batch of a fresh epoch (loader start: workers,
-   the epoch's draws), and the evaluation pass (`ltpaper.evaluation.evaluate`) over --eval-batches batches.
+   the epoch's draws), and the evaluation pass (`ltpaper.train.evaluation.evaluate`) over --eval-batches batches.
    In-memory sets (CIFAR, Tiny-ImageNet: decoded once, on the device) cycle through their epochs; sets read from
    files (ImageNet, iNaturalist: per-image decoding and augmentation in DataLoader workers) are tiled from the pool
    so that the timed steps are one epoch of the real loader. The repeated files come from the page cache, as the
@@ -89,7 +89,7 @@ def real_train_size(dataset, imbalance_factor) -> int:
     return REAL[dataset].get('train') or sum(real_counts(dataset, imbalance_factor))
 
 def steps_per_epoch(n_images, batch_size) -> int:
-    "Batches of one epoch, as ltpaper.run_data builds the train loader (the last batch is dropped only when it would hold 1 image)."
+    "Batches of one epoch, as ltpaper.train.run_data builds the train loader (the last batch is dropped only when it would hold 1 image)."
     return n_images // batch_size if n_images % batch_size == 1 else math.ceil(n_images / batch_size)
 
 def evals_per_run(epochs, eval_every) -> int:
@@ -136,7 +136,7 @@ _SHAPE = ('model', 'batch_size', 'eval_batch_size', 'amp', 'channels_last', 'num
 
 def _expand(tables, families) -> list:
     "(PlanRow, TrainConfig dict) of every row of `tables` under the `paper` profile."
-    from ltpaper.tables import expand_table, load_table
+    from ltpaper.pipeline.tables import expand_table, load_table
     out = []
     for t in tables:
         seeds = len(load_table(t)['seeds'])
@@ -416,7 +416,7 @@ def _train_steps(r, device, ns, stop_at) -> dict:
 def _eval_pass(r, device, ns, stop_at) -> dict:
     "Seconds per test image of `evaluate` (the pass `train` runs each epoch) over --eval-batches batches after one warm-up batch."
     from ltpaper.data import make_loader
-    from ltpaper.evaluation import evaluate
+    from ltpaper.train.evaluation import evaluate
     c, bs = r.c, r.test_loader.batch_size
     n = (1 + ns.eval_batches) * bs
     ds = tiled(r.test_set, n)
@@ -442,7 +442,7 @@ def measure(m: Measurement, root, device, ns, stop_at) -> dict:
     import torch
     from ltpaper.config import TrainConfig
     from ltpaper.losses import build_loss
-    from ltpaper.step import TrainStep
+    from ltpaper.train.step import TrainStep
     from ltpaper.train import Run
     t = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix='paper_cost_run_'))
@@ -641,7 +641,7 @@ def parse_args(argv=None):
     ap.add_argument('--eval-images', type=int, default=0,
                     help='>0: cap the CIFAR test sets built (a CPU trial); times scale to the real size')
     ap.add_argument('--step', default='eager', choices=['eager', 'compiled', 'aot_eager'],
-                    help="TrainConfig.step: eager (what `ltpaper reproduce --profile paper` runs), compiled (nbs/04f_step.ipynb) "
+                    help="TrainConfig.step: eager (what `ltpaper reproduce --profile paper` runs), compiled (nbs/train/05_step.ipynb) "
                          "or aot_eager (a CPU check of that path)")
     ap.add_argument('--families', default=','.join(FAMILIES),
                     help=f'loss families measured apart (others: softmax\'s); of {",".join(FAMILIES)}')

@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from ltpaper.runs import parse_seeds
+from ltpaper.pipeline.runs import parse_seeds
 
 MODES = ('eager', 'fast')
 
@@ -41,7 +41,7 @@ def shorten(cfg: dict, epochs=None, limit_train=None) -> dict:
 
 def plan(a) -> list:
     "(row, seed, mode, config) of every run: rows x seeds x (eager, fast), each into its own folder under --out."
-    from ltpaper.runs import plan_jobs
+    from ltpaper.pipeline.runs import plan_jobs
     jobs = plan_jobs(a.table, a.profile, rows=a.rows, seeds=parse_seeds(a.seeds), device=a.device)
     out = []
     for j in jobs:

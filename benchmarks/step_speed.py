@@ -25,7 +25,7 @@ from ltpaper.config import TrainConfig
 from ltpaper.data import longtail_counts
 from ltpaper.losses import build_loss
 from ltpaper.models import build_model
-from ltpaper.step import TrainStep, describe_step, fast_epoch
+from ltpaper.train.step import TrainStep, describe_step, fast_epoch
 from ltpaper.train import train_one_epoch
 
 

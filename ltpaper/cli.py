@@ -102,7 +102,7 @@ def cli_train(argv: list[str]|None = None) -> int:
         last, best = m['last'], m['best']
         print(f"last top-1 {last['top1']:.2f}% (epoch {last['epoch']}), best {best['top1']:.2f}% (epoch {best['epoch']})"
               f"; {m['images_per_s']:.0f} images/s; config {m['config_hash']}")
-        from ltpaper.train import _out_dir
+        from ltpaper.train.loop import _out_dir
         print(f"metrics: {_out_dir(config, m['config_hash']) / 'metrics.json'}")
     return 0
 
@@ -157,8 +157,8 @@ def status_parser() -> argparse.ArgumentParser:
 
 def _resolve(ns) -> dict:
     "Check the table arguments; ValueError (one line) on the first bad one."
-    from ltpaper.runs import parse_seeds, plan_jobs
-    from ltpaper.tables import load_table
+    from ltpaper.pipeline.runs import parse_seeds, plan_jobs
+    from ltpaper.pipeline.tables import load_table
     profile = ns.profile or get_settings().default_profile
     _need(profile in PROFILES, f"--profile {profile!r}: choose one of {list(PROFILES)}")
     load_table(ns.table)
@@ -178,7 +178,7 @@ def _check_launch(ns, gpus) -> str:
     _need(1 <= ns.jobs <= 64, f"--jobs {ns.jobs}: give the number of CPU runs at once, 1 to 64")
     _need(not (gpus and ns.jobs > 1), "--gpus and --jobs do not mix: --gpus runs one row per GPU")
     if not ns.no_render:
-        from ltpaper.runs import paper_notebook
+        from ltpaper.pipeline.runs import paper_notebook
         paper_notebook(ns.table)   # a table that cannot be rendered is refused before anything runs
     if ns.launcher == 'slurm':
         try:
@@ -192,8 +192,8 @@ def _check_launch(ns, gpus) -> str:
 
 def _check_data(jobs, force):
     "ValueError (one line) naming the first dataset that a run to be started cannot find, before any run starts."
-    from ltpaper.datasets import _locate
-    from ltpaper.runs import job_state
+    from ltpaper.data.datasets import _locate
+    from ltpaper.pipeline.runs import job_state
     seen = set()
     for j in jobs:
         key = (j.config['dataset'], j.config.get('data_root') or None)
@@ -206,7 +206,7 @@ def _check_data(jobs, force):
                              "(data/README.md says where its files go)") from None
 
 def _dry_run(jobs, gpus, force) -> int:
-    from ltpaper.runs import job_state
+    from ltpaper.pipeline.runs import job_state
     for i, j in enumerate(jobs):
         st, _ = job_state(j)
         where = f" gpu{gpus[i % len(gpus)]}" if gpus else ''
@@ -242,7 +242,7 @@ def cli_reproduce(argv=None) -> int:
         return _error('reproduce', e)
     if ns.dry_run:
         return _dry_run(r['jobs'], gpus, ns.force)
-    from ltpaper.reproduce import reproduce
+    from ltpaper.pipeline.reproduce import reproduce
     res = reproduce(ns.table, r['profile'], ns.rows, r['seeds'], device, gpus, ns.launcher, ns.force, ns.results_root,
                     render_outputs=not ns.no_render, n_jobs=ns.jobs, refresh_numerics=ns.refresh_numerics)
     done = sum(x['state'] == 'done' for x in res['ran'])
@@ -262,7 +262,7 @@ def cli_status(argv=None) -> int:
         return int(e.code or 0)
     except (ValueError, FileNotFoundError, ImportError) as e:
         return _error('status', e)
-    from ltpaper.runs import job_state, output_roots
+    from ltpaper.pipeline.runs import job_state, output_roots
     counts = {}
     for j in r['jobs']:
         st, detail = job_state(j)
@@ -290,7 +290,7 @@ def cli_fetch(argv=None) -> int:
         return int(e.code or 0)
     except _ArgError as e:
         return _error('fetch', e)
-    from ltpaper.datasets import _fetch
+    from ltpaper.data.datasets import _fetch
     try:
         base, note = _fetch(a.name, a.root, download=not a.no_download)
     except (FileNotFoundError, ValueError) as e:
@@ -323,7 +323,7 @@ def cli_verify(argv=None) -> int:
         return int(e.code or 0)
     except (ValueError, FileNotFoundError, ImportError) as e:
         return _error('verify', e)
-    from ltpaper.verify import format_report, verify
+    from ltpaper.pipeline.verify import format_report, verify
     report = verify(ns.table, r['profile'], ns.rows, r['seeds'], ns.sample, ns.sample_seed, ns.results_root, ns.jobs,
                     ns.gpu_tol, progress=True)    # one line per epoch of each run on stderr
     print(format_report(report))
@@ -349,7 +349,7 @@ def cli_compare(argv=None) -> int:
         return int(e.code or 0)
     except (ValueError, FileNotFoundError, ImportError) as e:
         return _error('compare', e)
-    from ltpaper.verify import compare, format_report
+    from ltpaper.pipeline.verify import compare, format_report
     report = compare(ns.table, scratch, r['profile'], ns.rows, r['seeds'])
     print(format_report(report))
     compared = [x for x in report if x['result'] in ('equal', 'within noise', 'differs')]
@@ -375,7 +375,7 @@ EXAMPLES = [
 ]
 
 def usage():
-    from ltpaper.tables import list_tables
+    from ltpaper.pipeline.tables import list_tables
     try: tables = ', '.join(list_tables())
     except ValueError as e: tables = f'(cannot be listed: {e})'   # a bad LTPAPER_* variable: --help still answers
     return ('usage: ltpaper {' + ','.join(COMMANDS) + '} ...  (ltpaper COMMAND --help for its flags)\n'

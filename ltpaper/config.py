@@ -13,7 +13,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 # %% ../nbs/04a_config.ipynb #b72b6ab1
-STEP_MODES = ('eager', 'compiled', 'aot_eager')   # how the training step runs (ltpaper.step): not part of the run's id
+STEP_MODES = ('eager', 'compiled', 'aot_eager')   # how the training step runs (ltpaper.train.step): not part of the run's id
 
 @dataclass
 class TrainConfig:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # %% ../nbs/00a_settings.ipynb #362cc90f
-_DEFAULTS = dict(data_root='data', results_root='results', figures_root='', tables_root='',   # '': not named (nbs/05b_runs)
+_DEFAULTS = dict(data_root='data', results_root='results', figures_root='', tables_root='',   # '': not named (nbs/pipeline/02_runs)
                  configs_root='configs', default_profile='cpu', default_device='auto')
 PROFILES = ('smoke', 'cpu', 'mid', 'long', 'paper')   # training budgets: seconds (CI), 10 epochs, more, fits, the paper's
 
@@ -20,7 +20,7 @@ class Settings:
     "Resolved artifact settings; paths are absolute."
     data_root: Path
     results_root: Path
-    figures_root: Path|None   # None: not named; where a profile's figures go then is `output_roots`' rule (nbs/05b_runs)
+    figures_root: Path|None   # None: not named; where a profile's figures go then is `output_roots`' rule (nbs/pipeline/02_runs)
     tables_root: Path|None    # likewise
     configs_root: Path
     default_profile: str

@@ -32,7 +32,7 @@ def env():
 # a training process that hangs after `sys.argv[2]` forwards past its first checkpoint, for SIGKILL tests
 DRIVER = textwrap.dedent('''
     import json, os, sys, time
-    import ltpaper.train as tr
+    import ltpaper.train.loop as tr
     cfg = tr.TrainConfig(**json.loads(sys.argv[1]))
     hang_after = int(sys.argv[2])   # training forwards after the first checkpoint before the process hangs (-1: never)
     if hang_after >= 0:

@@ -1,5 +1,5 @@
 """Bad inputs are refused with a one-line error that names the problem, before any work is done or any file is lost:
-the loss API (the cases nbs/00_losses.ipynb does not check), TrainConfig, the `ltpaper` CLI (in-process and one
+the loss API (the cases nbs/losses/00_losses.ipynb does not check), TrainConfig, the `ltpaper` CLI (in-process and one
 real process), the data loaders (damaged files written here in the real IDX format), the experiment notebook's
 papermill parameters; plus source checks (torch.load with weights_only=True, no eval/exec, yaml.safe_load only)."""
 import gzip, json, re, subprocess, sys
@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import ltpaper.reproduce as R
-import ltpaper.runs as RUNS
+import ltpaper.pipeline.reproduce as R
+import ltpaper.pipeline.runs as RUNS
 from ltpaper import data as D
-from ltpaper import readers as DR
+from ltpaper.data import readers as DR
 from ltpaper.cli import main
 from ltpaper.config import TrainConfig, check_notebook_parameters
 from ltpaper.losses import build_loss
-from ltpaper.runs import plan_jobs, run_job
+from ltpaper.pipeline.runs import plan_jobs, run_job
 
 from helpers import write_fmnist
 
@@ -31,7 +31,7 @@ def one_line(msg: str, *names):
 
 
 # ---------------------------------------------------------------- loss API
-# nbs/00_losses.ipynb ("Bad input" and the build_loss cells) checks an unknown loss, a misspelt or wrong-typed
+# nbs/losses/00_losses.ipynb ("Bad input" and the build_loss cells) checks an unknown loss, a misspelt or wrong-typed
 # hyperparameter, bins=0, an unknown binning or estimator, a negative gamma or momentum, negative or 2-D class_counts,
 # logits whose classes disagree with class_counts, 3-D logits, a target out of range, of another batch size or of
 # floats. Only the cases it leaves out are here.
@@ -183,7 +183,7 @@ def test_wrong_typed_parameter_refused_before_papermill_starts(tmp_path, monkeyp
 
 
 # ---------------------------------------------------------------- security: what the package's source does
-SOURCES = sorted((ROOT/'ltpaper').glob('*.py'))
+SOURCES = sorted((ROOT/'ltpaper').rglob('*.py'))
 
 def _calls(text, name):
     "The argument text of every call `name(...)` in `text` (parentheses matched)."

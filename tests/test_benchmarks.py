@@ -44,7 +44,7 @@ GPR = ROOT / 'benchmarks' / 'gpu_paper_runs.py'
 def test_gpu_paper_runs_plans_the_paper_profile_exactly():
     sys.path.insert(0, str(ROOT / 'benchmarks'))
     import gpu_paper_runs as g
-    from ltpaper.runs import plan_jobs
+    from ltpaper.pipeline.runs import plan_jobs
     from ltpaper.config import TrainConfig
     rows = 'softmax-if100,seesaw-if100,ours-if100'
     want = {j.row: j.config_hash for j in plan_jobs('fmnist_lt', 'paper', rows=rows, seeds=[0], results_root='/tmp/x')}
@@ -105,7 +105,7 @@ def _ns(tmp_path, **kw):
 def test_gpu_paper_runs_default_plan_is_the_budget_rows_seed_major():
     sys.path.insert(0, str(ROOT / 'benchmarks'))
     import gpu_paper_runs as g
-    from ltpaper.tables import load_table
+    from ltpaper.pipeline.tables import load_table
     jobs = g.plan('budget', [0, 1, 2], '/tmp/x', 'cuda', '.fmnist')
     rows = load_table('fmnist_lt')['profiles']['mid']['rows']
     assert [j.seed for j in jobs] == [s for s in (0, 1, 2) for _ in rows]                  # seed-major: a cut-off leaves whole seeds

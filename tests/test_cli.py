@@ -12,7 +12,7 @@ from ltpaper.config import TrainConfig, config_hash
 from ltpaper.data import DATASETS
 from ltpaper.losses import LOSSES
 from ltpaper.models import MODELS
-from ltpaper.runs import fake_metrics, output_roots, plan_jobs
+from ltpaper.pipeline.runs import fake_metrics, output_roots, plan_jobs
 
 from helpers import FMNIST, cli
 
@@ -76,7 +76,7 @@ def test_train_force_replaces_the_other_run(tmp_path):
 
 # ---------------------------------------------------------------- the end of ltpaper reproduce
 def test_reproduce_ends_with_what_it_wrote_and_the_next_command(tmp_path, monkeypatch):
-    import ltpaper.reproduce as rp
+    import ltpaper.pipeline.reproduce as rp
     for j in plan_jobs('fmnist_lt', 'smoke', rows='softmax-if100', seeds=[0], results_root=tmp_path):
         fake_metrics(j)
     roots = output_roots('smoke', tmp_path)                                  # tmp_path/smoke/: the profile's folder
@@ -117,7 +117,7 @@ def test_help_lists_the_tables_profiles_and_examples():
     import subprocess, sys
     from ltpaper.cli import EXAMPLES
     from ltpaper.settings import PROFILES
-    from ltpaper.tables import list_tables
+    from ltpaper.pipeline.tables import list_tables
     from helpers import env
     p = subprocess.run([sys.executable, '-m', 'ltpaper.cli', '--help'], capture_output=True, text=True, env=env(), timeout=60)
     assert p.returncode == 0 and p.stderr == '', p.stderr
@@ -157,8 +157,8 @@ def test_reproduce_refuses_a_missing_dataset_before_the_first_run(tmp_path, monk
 # ---------------------------------------------------------------- failures are printed before "next: ..."
 def test_failed_lines_come_before_the_next_command(tmp_path, monkeypatch):
     import contextlib, io
-    import ltpaper.launch as L
-    import ltpaper.reproduce as rp
+    import ltpaper.pipeline.launch as L
+    import ltpaper.pipeline.reproduce as rp
     def fake_run(job, **kw):                                                 # one row fails, one finishes
         if job.row == 'focal-if100':
             return dict(table=job.table, row=job.row, seed=job.seed, state='failed', error='ValueError: boom', executed=job.executed)

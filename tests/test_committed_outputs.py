@@ -35,7 +35,7 @@ def text_of(path) -> str:
 def test_the_list_names_the_picture_notebooks_and_every_paper_notebook():
     nbs = committed_with_outputs()
     assert all((ROOT/p).is_file() for p in nbs), nbs
-    assert {'nbs/01_binning.ipynb', 'nbs/method.ipynb'} <= set(nbs)
+    assert {'nbs/losses/02_binning.ipynb', 'nbs/method.ipynb'} <= set(nbs)
     assert {p.relative_to(ROOT).as_posix() for p in (ROOT/'nbs'/'paper').glob('*.ipynb')} <= set(nbs)
 
 

@@ -10,7 +10,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from ltpaper import data as D
-from ltpaper import readers as R   # where DEBIAN_FMNIST is read: patch it there
+from ltpaper.data import readers as R   # where DEBIAN_FMNIST is read: patch it there
 from ltpaper.cli import cli_fetch
 from ltpaper.data import build_dataset, class_groups, fetch, longtail_counts, make_loader, read_idx
 

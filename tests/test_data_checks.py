@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ltpaper import readers as R   # where DEBIAN_FMNIST is read: patch it there
+from ltpaper.data import readers as R   # where DEBIAN_FMNIST is read: patch it there
 from ltpaper.cli import cli_fetch, cli_train
 from ltpaper.data import build_dataset, make_loader
 from ltpaper.train import train

@@ -1,4 +1,4 @@
-"""The compiled training step (`TrainConfig.step`, ltpaper.step): on the CPU it follows the eager loop step by step
+"""The compiled training step (`TrainConfig.step`, ltpaper.train.step): on the CPU it follows the eager loop step by step
 (softmax, Seesaw, ours with small_resnet, `torch.compile(fullgraph=True)` with backend aot_eager: bit for bit with a
 float lr; with the lr as a tensor the model runs in float64, where the rounding differences stay near 1e-8 and cannot
 move a sample of `ours` into another histogram cell, whatever the processor's kernels: within TOL below),
@@ -10,12 +10,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import ltpaper.train as tr
+import ltpaper.train.loop as tr
 from ltpaper.cli import parse_train_args
 from ltpaper.config import config_hash
 from ltpaper.losses import LOSSES, build_loss
 from ltpaper.models import build_model
-from ltpaper.step import TrainStep
+from ltpaper.train.step import TrainStep
 from ltpaper.train import NonFiniteLossError, train
 
 from helpers import FMNIST, ROOT, NaNFromEpoch2, Stop, comparable, env, smoke, stop_after_first_checkpoint
@@ -158,8 +158,8 @@ def test_fast_step_stops_on_a_non_finite_loss_keeping_the_last_good_checkpoint(t
 @pytest.mark.slow
 def test_verify_reruns_a_run_with_its_recorded_step(tmp_path):
     "A committed run trained with step='aot_eager' verifies equal, where a rerun by the eager loop would differ in the last bits."
-    from ltpaper.runs import plan_jobs
-    from ltpaper.verify import compare_records
+    from ltpaper.pipeline.runs import plan_jobs
+    from ltpaper.pipeline.verify import compare_records
     job = plan_jobs('fmnist_lt', 'smoke', rows='softmax-if100', seeds=[0], results_root=tmp_path)[0]
     rec = train(tr.TrainConfig(**dict(job.config, out_dir=job.out_dir, step='aot_eager', progress=False)))
     args = [sys.executable, '-m', 'ltpaper.cli', 'verify', 'fmnist_lt', '--profile', 'smoke', '--rows', 'softmax-if100',

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import ltpaper.launch as L
-import ltpaper.runs as R
+import ltpaper.pipeline.launch as L
+import ltpaper.pipeline.runs as R
 from ltpaper.cli import cli_reproduce, cli_status, cli_train
-from ltpaper.runs import _atomic_write_text
-from ltpaper.checkpoint import atomic_write, load_checkpoint
+from ltpaper.pipeline.runs import _atomic_write_text
+from ltpaper.train.checkpoint import atomic_write, load_checkpoint
 from ltpaper.train import train
 
 from helpers import DRIVER, FMNIST, cli, comparable, env, smoke
@@ -111,7 +111,7 @@ def test_disk_full_writing_checkpoint_keeps_last_good_checkpoint(tmp_path, monke
     assert not (tmp_path/'x.bin').exists() and tmp_files(tmp_path) == []
 
 def test_disk_full_in_reproduce_writer_keeps_previous_file(tmp_path, monkeypatch):
-    "ltpaper.reproduce's text writer (tables, error.json, pending.json): a failed write leaves the old file and no temp file."
+    "ltpaper.pipeline.reproduce's text writer (tables, error.json, pending.json): a failed write leaves the old file and no temp file."
     f = tmp_path/'table.md'
     _atomic_write_text(f, 'old table\n')
     monkeypatch.setattr(os, 'replace', _enospc_for('table.md', os.replace))

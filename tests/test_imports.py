@@ -4,10 +4,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = sorted(m.name for m in pkgutil.iter_modules([str(ROOT / 'ltpaper')]) if not m.name.startswith('_'))
+MODULES = sorted(m.name.removeprefix('ltpaper.') for m in pkgutil.walk_packages([str(ROOT / 'ltpaper')], 'ltpaper.')
+                 if not m.name.rsplit('.', 1)[-1].startswith('_'))
 
 def test_modules_found():
-    assert {'losses', 'binning', 'settings'} <= set(MODULES)
+    assert {'losses', 'losses.binning', 'data.readers', 'train.loop', 'pipeline.runs', 'settings'} <= set(MODULES)
 
 @pytest.mark.parametrize('mod', MODULES)
 def test_fresh_import(mod):

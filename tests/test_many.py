@@ -1,4 +1,4 @@
-"""Several runs in one process (`ltpaper.many.train_many`, nbs/04g_many.ipynb): on the CPU every run's metrics.json and
+"""Several runs in one process (`ltpaper.train.many.train_many`, nbs/train/07_many.ipynb): on the CPU every run's metrics.json and
 checkpoint equal those of the same run trained alone by `train`, bit for bit, with different losses (softmax, Seesaw,
 `ours` with its running statistics, the equalization loss, which draws random numbers), different numbers of steps and
 epochs, a run resumed from a checkpoint, a run that had finished (not trained again), and the compiled step
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from ltpaper.losses import LOSSES
-from ltpaper.many import _own_compiled, train_many
-from ltpaper.step import TrainStep
+from ltpaper.train.many import _own_compiled, train_many
+from ltpaper.train.step import TrainStep
 from ltpaper.train import NonFiniteLossError, train
 
 from helpers import FMNIST, ROOT, NaNFromEpoch2, Stop, comparable, smoke, stop_after_first_checkpoint

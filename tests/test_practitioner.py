@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from ltpaper.losses import build_loss
-from ltpaper.checkpoint import load_checkpoint
-from ltpaper.record import WeightMonitor, monitors_weights
+from ltpaper.train.checkpoint import load_checkpoint
+from ltpaper.train.record import WeightMonitor, monitors_weights
 from ltpaper.train import train
 
 from helpers import FMNIST, smoke
@@ -55,7 +55,7 @@ def test_weight_monitor_only_takes_per_sample_weights():
 @need_fmnist
 def test_a_loss_with_matrix_weights_trains(tmp_path, monkeypatch):
     "An `ours` loss whose `last_weights` is (B, C) (not per-sample) is skipped by the monitor instead of breaking the loop."
-    import ltpaper.train as tr
+    import ltpaper.train.loop as tr
     orig = tr.build_loss
     def build(name, counts, **kw):
         lf = orig(name, counts, **kw)

@@ -1,4 +1,4 @@
-"""The other readings (nbs/00g_readings.ipynb) against deliberately simple loop references, step by step over several
+"""The other readings (nbs/losses/06_readings.ipynb) against deliberately simple loop references, step by step over several
 stateful steps: `ours_prototype` (the authors' GHMSeesawV2: global decay of per-(bin, class) counts, S = sum F^beta,
 margins from S), `ours_ghmc` (mmdetection's GHMC per class: T_c / (F_{c,u} n_c), the moving average of the occupied
 cells only), `ours_global` (the paper's weights from one window over all classes). Each reference loops over samples,

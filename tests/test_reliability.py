@@ -2,7 +2,7 @@
 before its replacement exists, every bad file named). Faults are real where they can be without privileges: a run
 folder that cannot be created (a file stands where the folder goes: `mkdir` fails even for root), a full disk at the
 exact write (`os.replace` raising ENOSPC, as tests/test_faults.py does), SIGINT delivered to this process, and
-hand-edited files. The notebook runs are stand-ins (papermill patched or `ltpaper.launch.run_job` replaced) where
+hand-edited files. The notebook runs are stand-ins (papermill patched or `ltpaper.pipeline.launch.run_job` replaced) where
 the test is about bookkeeping, so each test takes seconds."""
 import errno, json, os, signal, socket, subprocess, sys
 from pathlib import Path
@@ -10,11 +10,11 @@ from pathlib import Path
 import nbformat
 import pytest
 
-import ltpaper.runs as RUNS
+import ltpaper.pipeline.runs as RUNS
 from ltpaper.cli import cli_reproduce, cli_status, cli_train
-from ltpaper.reproduce import reproduce
-from ltpaper.runs import _atomic_write_text, fake_metrics, job_state, output_roots, plan_jobs, run_job
-from ltpaper.tables import expand_table, load_table
+from ltpaper.pipeline.reproduce import reproduce
+from ltpaper.pipeline.runs import _atomic_write_text, fake_metrics, job_state, output_roots, plan_jobs, run_job
+from ltpaper.pipeline.tables import expand_table, load_table
 
 from helpers import cli
 
@@ -80,7 +80,7 @@ def test_failure_that_cannot_be_recorded_is_still_reported(tmp_path, monkeypatch
 
 def test_a_job_the_launcher_loses_is_a_failure(tmp_path, monkeypatch):
     "A launcher that returns fewer results than jobs (a worker thread that died) cannot make the batch look successful."
-    import ltpaper.reproduce as REP
+    import ltpaper.pipeline.reproduce as REP
     monkeypatch.setattr(REP, 'execute_jobs', lambda jobs, *a, **k: [])
     res = reproduce('fmnist_lt', 'smoke', rows=ROWS, seeds=[0], results_root=tmp_path, render_outputs=False, progress=False,
                     log=lambda *a: None)
@@ -214,7 +214,7 @@ def test_figures_are_written_atomically_0644(tmp_path, monkeypatch):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    from ltpaper.figures import save_figure
+    from ltpaper.pipeline.figures import save_figure
     fig, ax = plt.subplots()
     ax.plot([0, 1], [0, 1])
     paths = save_figure(fig, tmp_path, 'fig')
@@ -331,7 +331,7 @@ def test_one_meaning_for_every_root(monkeypatch, tmp_path):
 
 def test_committed_layout_under_settings_ini(monkeypatch):
     "settings.ini alone: cpu in results/ with the top-level tables/ and figures/, every other profile in results/<profile>/."
-    from ltpaper.tables import project_root
+    from ltpaper.pipeline.tables import project_root
     for k in ('LTPAPER_RESULTS_ROOT', 'LTPAPER_TABLES_ROOT', 'LTPAPER_FIGURES_ROOT', 'LTPAPER_SETTINGS', 'LTPAPER_PROFILE'):
         monkeypatch.delenv(k, raising=False)
     root = project_root()

@@ -1,4 +1,4 @@
-"""Tests for ltpaper.reproduce: config expansion for every table and profile, hashing, bad CLI arguments, and the
+"""Tests for ltpaper.pipeline.reproduce: config expansion for every table and profile, hashing, bad CLI arguments, and the
 smoke profile end to end through papermill (real Fashion-MNIST; tiny CIFAR-10 / Tiny-ImageNet / ImageNet-LT /
 iNaturalist files written here in their real formats): skipping finished runs, failure isolation, corrupt
 metrics, --gpus workers, the submitit launcher, and every paper notebook rendered into a tmp results root."""
@@ -11,17 +11,17 @@ import pytest
 from PIL import Image
 
 import ltpaper.cli as CLI
-import ltpaper.launch as L
-import ltpaper.reproduce as R
-import ltpaper.runs as RUNS
-import ltpaper.tables as T
+import ltpaper.pipeline.launch as L
+import ltpaper.pipeline.reproduce as R
+import ltpaper.pipeline.runs as RUNS
+import ltpaper.pipeline.tables as T
 from ltpaper.cli import cli_reproduce, cli_status
 from ltpaper.config import RUN_CONTROL_FIELDS as HASH_EXCLUDE, TrainConfig, config_hash
 from ltpaper.losses import loss_hparams
-from ltpaper.report import open_results, summarize, write_table
-from ltpaper.runs import fake_metrics, job_state, plan_jobs, run_job
+from ltpaper.pipeline.report import open_results, summarize, write_table
+from ltpaper.pipeline.runs import fake_metrics, job_state, plan_jobs, run_job
 from ltpaper.settings import PROFILES
-from ltpaper.tables import expand_table, list_tables, load_table
+from ltpaper.pipeline.tables import expand_table, list_tables, load_table
 
 from helpers import cli
 

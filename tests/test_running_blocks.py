@@ -8,7 +8,7 @@ made without the `blocks` buffer.
 import pytest
 import torch
 import torch.nn as nn
-from ltpaper.binning import (WindowHistogram, BankHistogram, EMAHistogram, block_stats, density_weights, dyadic_blocks,
+from ltpaper.losses.binning import (WindowHistogram, BankHistogram, EMAHistogram, block_stats, density_weights, dyadic_blocks,
                              running_block_stats, class_bincount, rank_within_class, fine_cell)
 from ltpaper.losses import build_loss
 

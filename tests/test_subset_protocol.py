@@ -4,7 +4,7 @@ import torch
 
 from helpers import FMNIST, smoke
 from ltpaper.config import config_hash
-from ltpaper.run_data import _build_data
+from ltpaper.train.run_data import _build_data
 from ltpaper.train import train
 
 pytestmark = pytest.mark.skipif(not FMNIST.is_dir(), reason="needs Debian's dataset-fashion-mnist (make data installs it)")

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from ltpaper.losses import LOSSES
 from ltpaper.cli import cli_train, parse_train_args
 from ltpaper.config import TrainConfig, config_hash
-from ltpaper.checkpoint import load_checkpoint
-from ltpaper.run_data import limit_dataset
+from ltpaper.train.checkpoint import load_checkpoint
+from ltpaper.train.run_data import limit_dataset
 from ltpaper.train import NonFiniteLossError, train
 from ltpaper.data import build_dataset
 
@@ -138,7 +138,7 @@ def test_resume_refuses_another_config(tmp_path):
 def test_interrupt_in_process_then_resume_equalization(tmp_path, monkeypatch):
     "A run interrupted mid-epoch 2 and resumed equals an uninterrupted run (EQL draws from the global RNG every step)."
     ref = train(smoke(tmp_path / 'ref', loss='equalization', epochs=3))
-    import ltpaper.train as tr
+    import ltpaper.train.loop as tr
     orig = tr.build_model
     def build_and_arm(*a, **k):
         m = orig(*a, **k)

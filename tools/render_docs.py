@@ -130,7 +130,7 @@ def r_verdict(root):
 
 def _jobs(table, profile, seeds):
     sys.path.insert(0, str(ROOT))
-    from ltpaper.runs import parse_seeds, plan_jobs
+    from ltpaper.pipeline.runs import parse_seeds, plan_jobs
     return plan_jobs(table, profile, seeds=parse_seeds(seeds) if seeds else None)
 
 
