@@ -1,5 +1,7 @@
-"Every ltpaper module imports in a fresh interpreter (a hidden notebook cell can mask a missing import)."
-import pkgutil, subprocess, sys
+"""Every ltpaper module imports in a fresh interpreter (a hidden notebook cell can mask a missing import), and the import
+graph of the package, read from the source, runs one way: no module imports, directly or through others, one that
+imports it (the loss registry imports the loss modules; no loss module imports the registry back)."""
+import ast, pkgutil, subprocess, sys
 from pathlib import Path
 import pytest
 
@@ -14,3 +16,84 @@ def test_modules_found():
 def test_fresh_import(mod):
     r = subprocess.run([sys.executable, '-c', f'import ltpaper.{mod}'], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------------------ the import graph
+def module_files(root=ROOT/'ltpaper') -> dict:
+    "{dotted module name: file} of a package folder (a package's __init__.py is the package)."
+    out = {}
+    for p in sorted(root.rglob('*.py')):
+        parts = list(p.relative_to(root.parent).with_suffix('').parts)
+        if parts[-1] == '__init__': parts.pop()
+        out['.'.join(parts)] = p
+    return out
+
+def imports_of(name: str, path: Path, modules) -> list:
+    "(imported module, imported name or None) for every import statement of one module, those inside functions too."
+    package = name if path.name == '__init__.py' else name.rpartition('.')[0]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out += [(a.name, None) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split('.')[:len(package.split('.')) - node.level + 1] if node.level else []
+            target = '.'.join(base + ([node.module] if node.module else []))
+            for a in node.names:      # `from . import study` imports a module; `from .base import LTLoss` a name
+                sub = f'{target}.{a.name}'
+                out.append((sub, None) if sub in modules else (target, a.name))
+    return [(m, n) for m, n in out if m == 'ltpaper' or m.startswith('ltpaper.')]
+
+def import_graph(root=ROOT/'ltpaper') -> tuple[dict, list]:
+    "({module: set of ltpaper modules it imports}, [(importer, module, private name)])."
+    files = module_files(root)
+    graph, private = {}, []
+    for name, path in files.items():
+        found = imports_of(name, path, files)
+        graph[name] = {m for m, _ in found if m != name}
+        private += [(name, m, n) for m, n in found if n and n.startswith('_') and not n.startswith('__')]
+    return graph, private
+
+def find_cycle(graph: dict) -> list:
+    "One import cycle as [a, b, ..., a], or [] when the graph runs one way."
+    state, stack = {}, []
+    def visit(m):
+        state[m] = 'open'
+        stack.append(m)
+        for n in sorted(graph.get(m, ())):
+            if state.get(n) == 'open': return stack[stack.index(n):] + [n]
+            if n not in state and (c := visit(n)): return c
+        state[m] = 'done'
+        stack.pop()
+        return []
+    for m in sorted(graph):
+        if m not in state and (c := visit(m)): return c
+    return []
+
+GRAPH, PRIVATE = import_graph()
+
+def test_graph_covers_the_package():
+    assert {'ltpaper.losses.registry', 'ltpaper.losses.study', 'ltpaper.train.loop', 'ltpaper.cli'} <= set(GRAPH)
+    assert 'ltpaper.losses.study' in GRAPH['ltpaper.losses.registry']          # the registry imports the loss modules
+    assert 'ltpaper.losses.registry' in GRAPH['ltpaper.losses']                 # the package re-exports it
+    assert 'ltpaper.data' in GRAPH['ltpaper.config']                            # imports inside functions count
+
+def test_no_import_cycle():
+    assert find_cycle(GRAPH) == [], f"import cycle: {' -> '.join(find_cycle(GRAPH))}"
+
+def test_no_loss_module_imports_the_registry():
+    back = sorted(m for m, deps in GRAPH.items() if m.startswith('ltpaper.losses.') and m != 'ltpaper.losses.registry'
+                  and deps & {'ltpaper.losses', 'ltpaper.losses.registry'})
+    assert back == [], f'these loss modules import the registry (or the package that re-exports it): {back}'
+
+def test_the_checks_bite(tmp_path):
+    "A planted cycle and a planted private import are found (the graph is read from files, so plant files)."
+    pkg = tmp_path/'ltpaper'
+    (pkg/'losses').mkdir(parents=True)
+    (pkg/'__init__.py').write_text('')
+    (pkg/'losses'/'__init__.py').write_text('from .registry import LOSSES\n')
+    (pkg/'losses'/'registry.py').write_text('from . import study\nLOSSES = {}\n')
+    (pkg/'losses'/'study.py').write_text('def f():\n    from ltpaper.losses import LOSSES\n    from .base import _check\n')
+    (pkg/'losses'/'base.py').write_text('def _check(): pass\n')
+    graph, private = import_graph(pkg)
+    assert find_cycle(graph) == ['ltpaper.losses', 'ltpaper.losses.registry', 'ltpaper.losses.study', 'ltpaper.losses']
+    assert private == [('ltpaper.losses.study', 'ltpaper.losses.base', '_check')]

@@ -14,7 +14,6 @@ from .binning import ESTIMATORS, gradient_norm
 from ..distributed import all_reduce_sum
 from .base import LTLoss, _check, _check_num
 from .ours import margin_logits
-from . import LOSSES, document_losses
 from .study import G_MODES, OursStudyLoss
 
 # %% ../../nbs/losses/06_readings.ipynb #85733860
@@ -172,6 +171,3 @@ class OursGlobalLoss(OursStudyLoss):
 def histogram_of(self: OursGlobalLoss, y):
     "Every sample is counted in the one histogram, row 0."
     return torch.zeros_like(y)
-
-LOSSES.update(ours_prototype=OursPrototypeLoss, ours_ghmc=OursGHMCLoss, ours_global=OursGlobalLoss)
-document_losses()

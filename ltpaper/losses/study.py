@@ -13,7 +13,6 @@ from .binning import gradient_norm, class_bincount
 from ..distributed import all_reduce_sum
 from .base import _check
 from .ours import OURS_BINNINGS, IntraStats, OursLoss, margin_logits
-from . import LOSSES, document_losses
 
 # %% ../../nbs/losses/05_study.ipynb #d4e27539
 STUDY_BINNINGS = OURS_BINNINGS + ('power',)
@@ -151,7 +150,3 @@ class OursTunedLoss(OursStudyLoss):
         super().__init__(class_counts, gamma, bins, use_margin, use_intra, binning, aura_tau, aura_depth, estimator,
                          momentum, normalization, g_mode, power_kappa, clamp, temper, mix, intra_start, margin_source,
                          kappa, beta)
-
-LOSSES.update(ours_study=OursStudyLoss, ours_tuned=OursTunedLoss)
-document_losses()
-from . import readings  # noqa: E402  (builds on OursStudyLoss; registers 'ours_prototype', 'ours_ghmc', 'ours_global')
