@@ -12,20 +12,20 @@ import argparse, json, os, sys, typing
 from dataclasses import fields
 from pathlib import Path
 
-from .cli_args import _ArgError, _Parser, _error, _field_argument
-from .config import TrainConfig, _need
+from .cli_args import ArgError, Parser, cli_error, field_argument
+from .config import TrainConfig, need
 from .settings import PROFILES, get_settings
 from .numerics import pin
 
 # %% ../nbs/06_cli.ipynb #f32316e2
 def train_parser(names: bool = True) -> argparse.ArgumentParser:
     "argparse parser with one --kebab-case flag per TrainConfig field, plus --force; `names`: list valid datasets/losses/models."
-    p = _Parser(prog='ltpaper train', allow_abbrev=False,
+    p = Parser(prog='ltpaper train', allow_abbrev=False,
                 description='Train one run (TrainConfig); writes OUT_DIR/metrics.json and OUT_DIR/checkpoint.pt.',
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter, argument_default=argparse.SUPPRESS)
     hints = typing.get_type_hints(TrainConfig)
     for f in fields(TrainConfig):
-        _field_argument(p, f, hints[f.name], names)
+        field_argument(p, f, hints[f.name], names)
     p.add_argument('--force', action='store_true', dest='force',
                    help="train into an --out-dir that holds another config's metrics.json or checkpoint.pt "
                         "(they are replaced as this run writes its own)")
@@ -36,7 +36,7 @@ def _parse_train(argv: list[str]) -> tuple[TrainConfig, bool]:
     help_asked = any(a in ('-h', '--help') for a in argv)   # the registries (torch) are imported only for --help
     try:
         ns = vars(train_parser(names=help_asked).parse_args(argv))
-    except _ArgError as e:
+    except ArgError as e:
         raise ValueError(str(e)) from None
     force = ns.pop('force', False)
     return TrainConfig(**ns), force
@@ -84,26 +84,26 @@ def cli_train(argv: list[str]|None = None) -> int:
     except SystemExit as e:   # --help
         return int(e.code or 0)
     except ValueError as e:
-        return _error('train', e)
+        return cli_error('train', e)
     from ltpaper.train import NonFiniteLossError, train
     try:
         m = train(config)
     except (FileNotFoundError, ValueError) as e:
         if not str(e) or '\n' in str(e):
             raise
-        return _error('train', e)
+        return cli_error('train', e)
     except NonFiniteLossError as e:
-        return _error('train', e, 1)
+        return cli_error('train', e, 1)
     except OSError as e:   # e.g. disk full while writing the checkpoint or metrics.json
-        return _error('train', e, 1)
+        return cli_error('train', e, 1)
     import torch.distributed as dist
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else int(os.environ.get('RANK', '0'))
     if rank == 0:
         last, best = m['last'], m['best']
         print(f"last top-1 {last['top1']:.2f}% (epoch {last['epoch']}), best {best['top1']:.2f}% (epoch {best['epoch']})"
               f"; {m['images_per_s']:.0f} images/s; config {m['config_hash']}")
-        from ltpaper.train.loop import _out_dir
-        print(f"metrics: {_out_dir(config, m['config_hash']) / 'metrics.json'}")
+        from ltpaper.train import run_dir
+        print(f"metrics: {run_dir(config, m['config_hash']) / 'metrics.json'}")
     return 0
 
 # %% ../nbs/06_cli.ipynb #f0df1cf0
@@ -117,7 +117,7 @@ def parse_gpus(s) -> list:
         gpus = [int(x) for x in str(s).split(',') if x.strip() != '']
     except ValueError:
         raise ValueError(f"--gpus {s!r}: give comma-separated GPU indices, e.g. 0,1") from None
-    _need(gpus and len(set(gpus)) == len(gpus) and min(gpus) >= 0, f"--gpus {s!r}: give distinct GPU indices, e.g. 0,1")
+    need(gpus and len(set(gpus)) == len(gpus) and min(gpus) >= 0, f"--gpus {s!r}: give distinct GPU indices, e.g. 0,1")
     n = _device_count()
     bad = [g for g in gpus if g >= n]
     if bad:
@@ -134,7 +134,7 @@ def _common_args(p):
                                           "(default: settings.ini's results_root)")
 
 def reproduce_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog='ltpaper reproduce',
+    p = Parser(prog='ltpaper reproduce',
                 description='Run every row x seed of a table through nbs/experiments/train.ipynb, then render it.')
     _common_args(p)
     p.add_argument('--device', choices=['cpu', 'cuda'], help="training device (default: cuda with --gpus, else settings' default_device)")
@@ -151,7 +151,7 @@ def reproduce_parser() -> argparse.ArgumentParser:
     return p
 
 def status_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog='ltpaper status', description='List the done / missing / failed runs of a table.')
+    p = Parser(prog='ltpaper status', description='List the done / missing / failed runs of a table.')
     _common_args(p)
     return p
 
@@ -160,7 +160,7 @@ def _resolve(ns) -> dict:
     from ltpaper.pipeline.runs import parse_seeds, plan_jobs
     from ltpaper.pipeline.tables import load_table
     profile = ns.profile or get_settings().default_profile
-    _need(profile in PROFILES, f"--profile {profile!r}: choose one of {list(PROFILES)}")
+    need(profile in PROFILES, f"--profile {profile!r}: choose one of {list(PROFILES)}")
     load_table(ns.table)
     seeds = parse_seeds(ns.seeds) if ns.seeds is not None else None
     jobs = plan_jobs(ns.table, profile, ns.rows, seeds, None, ns.results_root)
@@ -173,10 +173,10 @@ def _check_launch(ns, gpus) -> str:
     if device is None:
         from ltpaper.settings import resolve_device
         device = resolve_device(None)
-    _need(device != 'cuda' or gpus or _device_count() > 0, "--device cuda: no CUDA device is visible; use --device cpu")
-    _need(not (gpus and ns.launcher == 'slurm'), "--gpus and --launcher slurm do not mix: Slurm assigns the GPUs")
-    _need(1 <= ns.jobs <= 64, f"--jobs {ns.jobs}: give the number of CPU runs at once, 1 to 64")
-    _need(not (gpus and ns.jobs > 1), "--gpus and --jobs do not mix: --gpus runs one row per GPU")
+    need(device != 'cuda' or gpus or _device_count() > 0, "--device cuda: no CUDA device is visible; use --device cpu")
+    need(not (gpus and ns.launcher == 'slurm'), "--gpus and --launcher slurm do not mix: Slurm assigns the GPUs")
+    need(1 <= ns.jobs <= 64, f"--jobs {ns.jobs}: give the number of CPU runs at once, 1 to 64")
+    need(not (gpus and ns.jobs > 1), "--gpus and --jobs do not mix: --gpus runs one row per GPU")
     if not ns.no_render:
         from ltpaper.pipeline.runs import paper_notebook
         paper_notebook(ns.table)   # a table that cannot be rendered is refused before anything runs
@@ -192,14 +192,14 @@ def _check_launch(ns, gpus) -> str:
 
 def _check_data(jobs, force):
     "ValueError (one line) naming the first dataset that a run to be started cannot find, before any run starts."
-    from ltpaper.data.datasets import _locate
+    from ltpaper.data.datasets import locate
     from ltpaper.pipeline.runs import job_state
     seen = set()
     for j in jobs:
         key = (j.config['dataset'], j.config.get('data_root') or None)
         if key in seen or (not force and job_state(j)[0] == 'done'): continue
         seen.add(key)
-        try: _locate(key[0], Path(key[1]) if key[1] else get_settings().data_root, download=False)
+        try: locate(key[0], Path(key[1]) if key[1] else get_settings().data_root, download=False)
         except FileNotFoundError:
             raise ValueError(f"{j.table}/{j.row} needs dataset {key[0]}, which is missing or incomplete under "
                              f"{key[1] or get_settings().data_root}: run `ltpaper fetch {key[0]}` first "
@@ -239,7 +239,7 @@ def cli_reproduce(argv=None) -> int:
     except SystemExit as e:   # --help
         return int(e.code or 0)
     except (ValueError, FileNotFoundError, ImportError) as e:
-        return _error('reproduce', e)
+        return cli_error('reproduce', e)
     if ns.dry_run:
         return _dry_run(r['jobs'], gpus, ns.force)
     from ltpaper.pipeline.reproduce import reproduce
@@ -261,7 +261,7 @@ def cli_status(argv=None) -> int:
     except SystemExit as e:   # --help
         return int(e.code or 0)
     except (ValueError, FileNotFoundError, ImportError) as e:
-        return _error('status', e)
+        return cli_error('status', e)
     from ltpaper.pipeline.runs import job_state, output_roots
     counts = {}
     for j in r['jobs']:
@@ -275,7 +275,7 @@ def cli_status(argv=None) -> int:
 # %% ../nbs/06_cli.ipynb #9f401f08
 def fetch_parser() -> argparse.ArgumentParser:
     from ltpaper.data import DATASETS
-    p = _Parser(prog='ltpaper fetch',
+    p = Parser(prog='ltpaper fetch',
                 description="Make a dataset available (download where allowed), verify it and print where its files are.")
     p.add_argument('name', choices=sorted(DATASETS), help='dataset name')
     p.add_argument('--root', default=None, help="dataset root (default: data_root from settings.ini)")
@@ -288,11 +288,11 @@ def cli_fetch(argv=None) -> int:
         a = fetch_parser().parse_args(argv)
     except SystemExit as e:   # --help
         return int(e.code or 0)
-    except _ArgError as e:
-        return _error('fetch', e)
-    from ltpaper.data.datasets import _fetch
+    except ArgError as e:
+        return cli_error('fetch', e)
+    from ltpaper.data.datasets import fetch_verified
     try:
-        base, note = _fetch(a.name, a.root, download=not a.no_download)
+        base, note = fetch_verified(a.name, a.root, download=not a.no_download)
     except (FileNotFoundError, ValueError) as e:
         print(f"ltpaper fetch: {e}", file=sys.stderr)
         return 2
@@ -302,7 +302,7 @@ def cli_fetch(argv=None) -> int:
 
 # %% ../nbs/06_cli.ipynb #52a1c90a
 def verify_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog='ltpaper verify',
+    p = Parser(prog='ltpaper verify',
                 description="Rerun committed runs with today's code in a temporary folder; compare with their metrics.json.")
     _common_args(p)
     p.add_argument('--sample', type=int, help='verify a seeded random sample of this many committed runs')
@@ -317,12 +317,12 @@ def cli_verify(argv=None) -> int:
     try:
         ns = verify_parser().parse_args(argv)
         r = _resolve(ns)
-        _need(ns.sample is None or ns.sample >= 1, f"--sample {ns.sample}: give a number of runs >= 1")
-        _need(1 <= ns.jobs <= 64, f"--jobs {ns.jobs}: give the number of runs at once, 1 to 64")
+        need(ns.sample is None or ns.sample >= 1, f"--sample {ns.sample}: give a number of runs >= 1")
+        need(1 <= ns.jobs <= 64, f"--jobs {ns.jobs}: give the number of runs at once, 1 to 64")
     except SystemExit as e:   # --help
         return int(e.code or 0)
     except (ValueError, FileNotFoundError, ImportError) as e:
-        return _error('verify', e)
+        return cli_error('verify', e)
     from ltpaper.pipeline.verify import format_report, verify
     report = verify(ns.table, r['profile'], ns.rows, r['seeds'], ns.sample, ns.sample_seed, ns.results_root, ns.jobs,
                     ns.gpu_tol, progress=True)    # one line per epoch of each run on stderr
@@ -332,7 +332,7 @@ def cli_verify(argv=None) -> int:
 
 # %% ../nbs/06_cli.ipynb #e47081a2
 def compare_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog='ltpaper compare',
+    p = Parser(prog='ltpaper compare',
                 description='Compare the runs of a scratch results root with the committed ones (no training).')
     _common_args(p)
     return p
@@ -342,13 +342,13 @@ def cli_compare(argv=None) -> int:
     try:
         ns = compare_parser().parse_args(argv)
         r = _resolve(ns)
-        _need(ns.results_root, "--results-root: name the scratch results root that holds the reproduction")
+        need(ns.results_root, "--results-root: name the scratch results root that holds the reproduction")
         scratch, committed = Path(ns.results_root).resolve(), get_settings().results_root.resolve()
-        _need(scratch != committed, f"--results-root {ns.results_root}: that is the committed results root; name the scratch one")
+        need(scratch != committed, f"--results-root {ns.results_root}: that is the committed results root; name the scratch one")
     except SystemExit as e:   # --help
         return int(e.code or 0)
     except (ValueError, FileNotFoundError, ImportError) as e:
-        return _error('compare', e)
+        return cli_error('compare', e)
     from ltpaper.pipeline.verify import compare, format_report
     report = compare(ns.table, scratch, r['profile'], ns.rows, r['seeds'])
     print(format_report(report))
@@ -393,7 +393,7 @@ def main(argv=None) -> int:
         print(f"ltpaper: unknown command {argv[0]!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     try: pin()     # AVX2 kernels before torch loads: the same bits on every x86-64 machine (nbs/00f_numerics)
-    except ValueError as e: return _error(argv[0], e)
+    except ValueError as e: return cli_error(argv[0], e)
     return COMMANDS[argv[0]][0](argv[1:]) or 0
 
 # %% ../nbs/06_cli.ipynb #3578fe57

@@ -276,7 +276,7 @@ def test_tinyimagenet_tree(tmp_path):
     assert tuple(ds.images.shape) == (11, 3, 64, 64) and ds.images.dtype == torch.uint8
     mean_rgb = ds.images.float().mean((2, 3))
     want = torch.tensor(COLORS, dtype=torch.float)[ds.targets]
-    gray = torch.tensor([p.endswith(f'{wnids[0]}_0.JPEG') for p in np.array(R._read_tiny(base, 'train').paths)[ds.source_index.numpy()]])
+    gray = torch.tensor([p.endswith(f'{wnids[0]}_0.JPEG') for p in np.array(R.read_tiny(base, 'train').paths)[ds.source_index.numpy()]])
     assert gray.sum() == 1                                                        # class 0 keeps all 6, the grayscale one too
     assert ((mean_rgb - want).abs().amax(1)[~gray] < 8).all()                    # class id = sorted-wnid order
     assert (mean_rgb[gray].std(1) < 1).all()                                      # the grayscale JPEG became 3 equal channels

@@ -10,8 +10,8 @@ import torch
 import ltpaper.pipeline.launch as L
 import ltpaper.pipeline.runs as R
 from ltpaper.cli import cli_reproduce, cli_status, cli_train
-from ltpaper.pipeline.runs import _atomic_write_text
-from ltpaper.train.checkpoint import atomic_write, load_checkpoint
+from ltpaper.files import atomic_write
+from ltpaper.train.checkpoint import load_checkpoint
 from ltpaper.train import train
 
 from helpers import DRIVER, FMNIST, cli, comparable, env, smoke
@@ -111,11 +111,11 @@ def test_disk_full_writing_checkpoint_keeps_last_good_checkpoint(tmp_path, monke
     assert not (tmp_path/'x.bin').exists() and tmp_files(tmp_path) == []
 
 def test_disk_full_in_reproduce_writer_keeps_previous_file(tmp_path, monkeypatch):
-    "ltpaper.pipeline.reproduce's text writer (tables, error.json, pending.json): a failed write leaves the old file and no temp file."
+    "The one writer of tables, error.json and pending.json (ltpaper.files): a failed write leaves the old file and no temp file."
     f = tmp_path/'table.md'
-    _atomic_write_text(f, 'old table\n')
+    atomic_write(f, 'old table\n')
     monkeypatch.setattr(os, 'replace', _enospc_for('table.md', os.replace))
-    with pytest.raises(OSError) as ei: _atomic_write_text(f, 'new table\n' * 1000)
+    with pytest.raises(OSError) as ei: atomic_write(f, 'new table\n' * 1000)
     assert ei.value.errno == errno.ENOSPC
     assert f.read_text() == 'old table\n' and tmp_files(tmp_path) == []
 

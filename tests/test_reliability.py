@@ -13,7 +13,8 @@ import pytest
 import ltpaper.pipeline.runs as RUNS
 from ltpaper.cli import cli_reproduce, cli_status, cli_train
 from ltpaper.pipeline.reproduce import reproduce
-from ltpaper.pipeline.runs import _atomic_write_text, fake_metrics, job_state, output_roots, plan_jobs, run_job
+from ltpaper.files import atomic_write
+from ltpaper.pipeline.runs import fake_metrics, job_state, output_roots, plan_jobs, run_job
 from ltpaper.pipeline.tables import expand_table, load_table
 
 from helpers import cli
@@ -230,7 +231,7 @@ def test_figures_are_written_atomically_0644(tmp_path, monkeypatch):
 
 def test_outputs_are_0644(tmp_path):
     "Tables, error.json, pending.json, metrics.json stand-ins: every file the atomic writer makes is readable by all."
-    _atomic_write_text(tmp_path/'t.md', '| a |\n')
+    atomic_write(tmp_path/'t.md', '| a |\n')
     assert oct((tmp_path/'t.md').stat().st_mode & 0o777) == '0o644'
 
 

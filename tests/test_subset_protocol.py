@@ -4,13 +4,13 @@ import torch
 
 from helpers import FMNIST, smoke
 from ltpaper.config import config_hash
-from ltpaper.train.run_data import _build_data
+from ltpaper.train.run_data import build_data
 from ltpaper.train import train
 
 pytestmark = pytest.mark.skipif(not FMNIST.is_dir(), reason="needs Debian's dataset-fashion-mnist (make data installs it)")
 
 def images(cfg):
-    train_set, test_set, val_set, counts, *_ = _build_data(cfg, 0, 1, torch.device('cpu'))
+    train_set, test_set, val_set, counts, *_ = build_data(cfg, 0, 1, torch.device('cpu'))
     return train_set.source_index.tolist(), val_set.source_index.tolist() if val_set is not None else None, counts
 
 def test_seeds_share_the_subset_and_still_differ(tmp_path):

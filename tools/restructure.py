@@ -16,6 +16,11 @@ What it does, in order:
 3. fixes the few places that list modules or notebooks of one flat folder (the site's table of contents, the
    packaging's package list, the tests that glob ltpaper/*.py or nbs/*.ipynb);
 4. removes the flat modules from ltpaper/ and regenerates it (nbdev-export, nbdev-clean).
+
+`python tools/restructure.py names` makes the names one module takes from another public (`RENAMES`): in the notebook
+that defines each name, and in every notebook and test file that imports it from there (`from ltpaper.X import _y`,
+`import ltpaper.X as A` ... `A._y`); a module's own private helper of the same name elsewhere is left alone.
+(Note for later runs: `00_losses` is both an old and a new notebook name; write the new one with its folder.)
 """
 import hashlib, json, re, subprocess, sys
 from pathlib import Path
@@ -121,6 +126,26 @@ code = "import sys, ltpaper.pipeline.runs, ltpaper.pipeline.report, ltpaper.pipe
 r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=root, env=dict(os.environ, PYTHONPATH=str(root)))
 assert r.stdout.strip() == 'False', r.stdout + r.stderr    # planning runs and rendering tables load no torch
 ''',
+}
+
+# the names one module uses from another, made public: {defining module: {old: new}}
+RENAMES = {
+    'losses.base': dict(_as_counts='as_counts', _check='check_hparam', _check_num='check_num'),
+    'config': dict(_need='need', _jsonable='jsonable'),
+    'data.readers': dict(_CIFAR='CIFAR_FILES', _cifar_reader='cifar_reader', _cifar_verify='cifar_verify', _download_cifar='download_cifar',
+                         _download_fmnist='download_fmnist', _download_tiny='download_tiny', _fmnist_candidates='fmnist_candidates',
+                         _fmnist_missing='fmnist_missing', _fmnist_verify='fmnist_verify', _imagenet_lt_files='imagenet_lt_files',
+                         _imagenet_train_dir='imagenet_train_dir', _inat_dirs='inat_dirs', _one_line='first_line',
+                         _read_fmnist='read_fmnist', _read_imagenet_folder='read_imagenet_folder', _read_imagenet_lt='read_imagenet_lt',
+                         _read_inat='read_inat', _read_tiny='read_tiny', _tiny_verify='tiny_verify'),
+    'data.datasets': dict(_locate='locate', _fetch='fetch_verified'),
+    'cli_args': dict(_ArgError='ArgError', _Parser='Parser', _error='cli_error', _field_argument='field_argument'),
+    'pipeline.tables': dict(_configs_root='configs_folder', _fmt_if='format_if'),
+    'pipeline.report': dict(_label='row_label'),
+    'pipeline.runs': dict(_kernel_env='kernel_env', _ipc_kernel_manager='ipc_kernel_manager', _one_line='one_line'),
+    'train.loop': dict(_device_of='run_device'),
+    'train.record': dict(_now='utc_now', _provenance='provenance'),
+    'train.run_data': dict(_build_data='build_data'),
 }
 
 SKIP_PARTS = ('results', 'tables', 'figures', 'ltpaper')   # generated or measured files: never rewritten
@@ -250,7 +275,60 @@ def regenerate():
     git('add', '-A', 'ltpaper', 'nbs')
 
 
-if __name__ == '__main__':
+# ------------------------------------------------------------------------------------------------ public names
+def _source(p: Path) -> str:
+    if p.suffix != '.ipynb': return p.read_text()
+    return '\n'.join(''.join(c['source']) for c in json.loads(p.read_text())['cells'])
+
+def _defines(p: Path, mod: str) -> bool:
+    return p.suffix == '.ipynb' and re.search(rf'^#\|\s*default_exp\s+{re.escape(mod)}\s*$', _source(p), re.M) is not None
+
+def _aliases(text: str, mod: str) -> set:
+    "Names under which `text` binds module ltpaper.<mod> (`import ltpaper.a.b as X`, `from ltpaper.a import b as X`)."
+    pkg, _, leaf = ('ltpaper.' + mod).rpartition('.')
+    found = re.findall(rf'import ltpaper\.{re.escape(mod)} as (\w+)', text)
+    found += re.findall(rf'from {re.escape(pkg)} import {re.escape(leaf)} as (\w+)', text)
+    return set(found)
+
+def _imports_name(text: str, mod: str, old: str) -> bool:
+    for m in re.finditer(rf'from ltpaper\.{re.escape(mod)} import (\([^()]*\)|[^\n]*)', text):
+        if old in _names(m.group(1)): return True
+    return False
+
+def rename_in(text: str, mod: str, renames: dict, whole: bool) -> str:
+    "Renames of `mod`'s names in `text`: every occurrence (`whole`: the defining notebook or an importer), else `A._y` only."
+    for old, new in renames.items():
+        if whole or _imports_name(text, mod, old): text = re.sub(rf'(?<![\w.]){re.escape(old)}\b', new, text)
+        for a in _aliases(text, mod): text = re.sub(rf'\b{re.escape(a)}\.{re.escape(old)}\b', f'{a}.{new}', text)
+    return text
+
+def public_names():
+    for rel in git('ls-files', 'nbs', 'tests', 'benchmarks', 'tools').splitlines():
+        p = ROOT/rel
+        if p.resolve() == Path(__file__).resolve() or p.suffix not in ('.ipynb', '.py'): continue
+        nb = json.loads(p.read_text()) if p.suffix == '.ipynb' else None
+        parts = [''.join(c['source']) for c in nb['cells']] if nb else [p.read_text()]
+        whole_file = _source(p)
+        for mod, renames in RENAMES.items():
+            defining = _defines(p, mod)
+            importing = {old for old in renames if _imports_name(whole_file, mod, old)}
+            parts = [rename_in(t, mod, {o: n for o, n in renames.items() if defining or o in importing}, True)
+                     if (defining or importing) else rename_in(t, mod, renames, False) for t in parts]
+        if nb:
+            for c, t in zip(nb['cells'], parts):
+                if ''.join(c['source']) != t: c['source'] = t.splitlines(keepends=True)
+            new = json.dumps(nb, indent=1, ensure_ascii=False) + '\n'
+        else: new = parts[0]
+        if new != p.read_text(): p.write_text(new)
+    subprocess.run([str(BIN/'nbdev-export')], cwd=ROOT, check=True)
+    subprocess.run([str(BIN/'nbdev-clean')], cwd=ROOT, check=True)
+
+
+if __name__ == '__main__' and sys.argv[1:2] == ['names']:
+    BIN = Path(sys.argv[2]) if len(sys.argv) > 2 else Path(sys.executable).parent
+    public_names()
+    print(git('status', '--short', '--', '.') or 'nothing changed')
+elif __name__ == '__main__':
     move_notebooks()
     rewrite_files()
     write_new_notebooks()

@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 from ..distributed import all_reduce_sum
-from .base import LTLoss, _check_num
+from .base import LTLoss, check_num
 from .binning import class_bincount
 from .ours import margin_logits
 
@@ -49,7 +49,7 @@ class EffectiveNumberLoss(LTLoss):
     def __init__(self, class_counts,
                  beta: float = 0.9999):   # Cui et al.'s beta in [0, 1): effective number (1 - beta^n) / (1 - beta)
         super().__init__(class_counts)
-        _check_num('effective_number', 'beta', beta, 0, 1, hi_open=True)
+        check_num('effective_number', 'beta', beta, 0, 1, hi_open=True)
         self.beta = beta
         w = (1 - beta) / (1 - torch.pow(torch.tensor(beta, dtype=torch.float64), self.counts1.double()))
         self.register_buffer('class_weight', (w / w.sum() * self.num_classes).float())
@@ -74,7 +74,7 @@ class FocalLoss(LTLoss):
     def __init__(self, class_counts,
                  gamma: float = 1.0):   # focusing exponent: CE_i is scaled by (1 - p_{i,y_i}) ** gamma
         super().__init__(class_counts)
-        _check_num('focal', 'gamma', gamma, 0)
+        check_num('focal', 'gamma', gamma, 0)
         self.gamma = gamma
     def forward(self, logits, target, index=None):
         z, y = self.check_inputs(logits, target)
@@ -103,8 +103,8 @@ class GHMLoss(LTLoss):
                  bins: int = 10,             # uniform bins of g = |sigmoid(z) - y| (30 on Tiny-ImageNet-LT)
                  momentum: float = 0.75):    # EMA momentum of the bin counts (0: this batch only)
         super().__init__(class_counts)
-        _check_num('ghm', 'bins', bins, 1, integer=True)
-        _check_num('ghm', 'momentum', momentum, 0, 1, hi_open=True)
+        check_num('ghm', 'bins', bins, 1, integer=True)
+        check_num('ghm', 'momentum', momentum, 0, 1, hi_open=True)
         self.bins, self.momentum = bins, momentum
         self.register_buffer('acc_sum', torch.zeros(bins))
     def forward(self, logits, target, index=None):
@@ -130,8 +130,8 @@ class EqualizationLoss(LTLoss):
                  threshold: float = 5e-3,    # lambda: a class with frequency n_c / sum(n) below it is a tail class
                  drop_prob: float = 0.9):    # gamma of EQL: probability that a tail negative leaves the denominator
         super().__init__(class_counts)
-        _check_num('equalization', 'threshold', threshold, 0)
-        _check_num('equalization', 'drop_prob', drop_prob, 0, 1)
+        check_num('equalization', 'threshold', threshold, 0)
+        check_num('equalization', 'drop_prob', drop_prob, 0, 1)
         self.threshold, self.drop_prob = threshold, drop_prob
         freq = self.class_counts.double() / self.class_counts.sum().clamp(min=1)
         self.register_buffer('tail_mask', freq < threshold)
@@ -161,9 +161,9 @@ class SeesawLoss(LTLoss):
                  q: float = 2.0,     # compensation exponent: (s_j / s_i) ** q for over-scored negatives (0: mitigation only)
                  eps: float = 1e-2): # floor of the true class's score in the compensation ratio
         super().__init__(class_counts)
-        _check_num('seesaw', 'p', p, 0)
-        _check_num('seesaw', 'q', q, 0)
-        _check_num('seesaw', 'eps', eps, 0, lo_open=True)
+        check_num('seesaw', 'p', p, 0)
+        check_num('seesaw', 'q', q, 0)
+        check_num('seesaw', 'eps', eps, 0, lo_open=True)
         self.p, self.q, self.eps = p, q, eps
         self.register_buffer('cum_counts', torch.zeros(self.num_classes, dtype=torch.long))
     def forward(self, logits, target, index=None):
@@ -178,8 +178,8 @@ class LDAMLoss(LTLoss):
                  max_m: float = 0.5,   # margin of the rarest class; margins scale as n_c ** -0.25
                  s: float = 30.0):     # logit scale (LDAM-DRW pairs s = 30 with a normalised linear head)
         super().__init__(class_counts)
-        _check_num('ldam', 'max_m', max_m, 0)
-        _check_num('ldam', 's', s, 0, lo_open=True)
+        check_num('ldam', 'max_m', max_m, 0)
+        check_num('ldam', 's', s, 0, lo_open=True)
         m = self.counts1.pow(-0.25)
         self.register_buffer('m', m * (max_m / m.max()))
         self.s = s
@@ -193,7 +193,7 @@ class LogitAdjustmentLoss(LTLoss):
     def __init__(self, class_counts,
                  tau: float = 1.0):   # temperature of the log-prior added to the logits
         super().__init__(class_counts)
-        _check_num('logit_adjustment', 'tau', tau, 0)
+        check_num('logit_adjustment', 'tau', tau, 0)
         self.tau = tau
         self.register_buffer('log_prior', (self.counts1 / self.counts1.sum()).log())
     def forward(self, logits, target, index=None):

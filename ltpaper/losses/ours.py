@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from .binning import ESTIMATORS, fine_cell, density_weights
 from ..distributed import all_gather_cat
-from .base import LTLoss, _check, _check_num
+from .base import LTLoss, check_hparam, check_num
 
 # %% ../../nbs/losses/03_ours.ipynb #0a0d42a4
 class _AddMargins(torch.autograd.Function):
@@ -85,13 +85,13 @@ class OursLoss(LTLoss):
 
     def _check_paper_hparams(self, gamma, bins, binning, binnings, estimator, momentum, aura_depth, aura_tau):
         name = 'ours'
-        _check_num(name, 'gamma', gamma, 0)
-        _check_num(name, 'bins', bins, 1, integer=True)
-        _check(name, binning in binnings, f"unknown binning {binning!r}; choose one of {binnings}")
-        _check(name, estimator in ESTIMATORS, f"unknown estimator {estimator!r}; choose one of {tuple(ESTIMATORS)}")
-        _check_num(name, 'momentum', momentum, 0, 1, hi_open=True)
-        _check_num(name, 'aura_depth', aura_depth, 0, 12, integer=True)
-        if aura_tau is not None: _check_num(name, 'aura_tau', aura_tau, 0, lo_open=True)
+        check_num(name, 'gamma', gamma, 0)
+        check_num(name, 'bins', bins, 1, integer=True)
+        check_hparam(name, binning in binnings, f"unknown binning {binning!r}; choose one of {binnings}")
+        check_hparam(name, estimator in ESTIMATORS, f"unknown estimator {estimator!r}; choose one of {tuple(ESTIMATORS)}")
+        check_num(name, 'momentum', momentum, 0, 1, hi_open=True)
+        check_num(name, 'aura_depth', aura_depth, 0, 12, integer=True)
+        if aura_tau is not None: check_num(name, 'aura_tau', aura_tau, 0, lo_open=True)
 
     @staticmethod
     def inert_hparams(hp):

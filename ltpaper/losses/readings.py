@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 from .binning import ESTIMATORS, gradient_norm
 from ..distributed import all_reduce_sum
-from .base import LTLoss, _check, _check_num
+from .base import LTLoss, check_hparam, check_num
 from .ours import margin_logits
 from .study import G_MODES, OursStudyLoss
 
@@ -52,11 +52,11 @@ class OursPrototypeLoss(LTLoss):
                  edge_power: float = 1.0):  # bin edges (j/M) ** edge_power (2.0: the prototype's Feb-2021 version)
         super().__init__(class_counts)
         name = 'ours_prototype'
-        _check_num(name, 'gamma', gamma, 0)
-        _check_num(name, 'bins', bins, 1, integer=True)
-        _check_num(name, 'momentum', momentum, 0, 1, hi_open=True)
-        _check_num(name, 'beta', beta, 0, lo_open=True)
-        _check_num(name, 'edge_power', edge_power, 0, lo_open=True)
+        check_num(name, 'gamma', gamma, 0)
+        check_num(name, 'bins', bins, 1, integer=True)
+        check_num(name, 'momentum', momentum, 0, 1, hi_open=True)
+        check_num(name, 'beta', beta, 0, lo_open=True)
+        check_num(name, 'edge_power', edge_power, 0, lo_open=True)
         self.gamma, self.bins, self.momentum, self.beta, self.edge_power = gamma, bins, momentum, beta, edge_power
         self.register_buffer('edges', prototype_edges(bins, edge_power), persistent=False)
         self.register_buffer('acc_sum', torch.zeros(bins, self.num_classes))   # F (bins, C), as the prototype's acc_sum
@@ -115,10 +115,10 @@ class OursGHMCLoss(LTLoss):
                  g_mode: str = 'adjusted'):  # 'adjusted' (1 - softmax(z')_y, as `ours`) | 'raw' | 'sigmoid' (GHM-C's |sigmoid(z_y) - 1|)
         super().__init__(class_counts)
         name = 'ours_ghmc'
-        _check_num(name, 'gamma', gamma, 0)
-        _check_num(name, 'bins', bins, 1, integer=True)
-        _check_num(name, 'momentum', momentum, 0, 1, hi_open=True)
-        _check(name, g_mode in G_MODES, f"unknown g_mode {g_mode!r}; choose one of {tuple(G_MODES)}")
+        check_num(name, 'gamma', gamma, 0)
+        check_num(name, 'bins', bins, 1, integer=True)
+        check_num(name, 'momentum', momentum, 0, 1, hi_open=True)
+        check_hparam(name, g_mode in G_MODES, f"unknown g_mode {g_mode!r}; choose one of {tuple(G_MODES)}")
         self.gamma, self.bins, self.momentum = gamma, bins, momentum
         self.use_margin, self.use_intra, self.g_mode = use_margin, use_intra, g_mode
         self.register_buffer('edges', ghmc_edges(bins), persistent=False)
@@ -163,7 +163,7 @@ class OursGlobalLoss(OursStudyLoss):
         super().__init__(class_counts, gamma, bins, use_margin, use_intra, binning, aura_tau, aura_depth, estimator,
                          momentum, normalization, g_mode, power_kappa, clamp, temper, mix, intra_start, margin_source,
                          kappa, beta)
-        _check('ours_global', margin_source in ('static', 'cumulative'),
+        check_hparam('ours_global', margin_source in ('static', 'cumulative'),
                f"margin_source {margin_source!r} reads one histogram per category; ours_global has one: use 'static' or 'cumulative'")
         self.estimator = ESTIMATORS[estimator](self.class_counts.sum().view(1), self.n_cells, momentum=momentum)
 

@@ -11,7 +11,7 @@ import inspect
 from fastcore.docments import docments
 import torch
 import torch.nn as nn
-from .base import _as_counts
+from .base import as_counts
 from ltpaper.losses.baselines import (
     BalancedSoftmaxLoss, ClassBalancedLoss, EffectiveNumberLoss, EqualizationLoss, FocalLoss, GHMLoss, LDAMLoss, LogitAdjustmentLoss,
     SeesawLoss, SoftmaxLoss)
@@ -71,7 +71,7 @@ def build_loss(name: str,                       # a key of `LOSSES` (listed belo
         loss = LOSSES[name](None, **hparams)
         if num_classes is not None: loss.num_classes = int(num_classes)   # C fixed: the logits are checked against it
         return loss
-    return LOSSES[name](_as_counts(class_counts, num_classes), **hparams)
+    return LOSSES[name](as_counts(class_counts, num_classes), **hparams)
 
 def _param_docs(cls) -> str:
     "The hyperparameters of `cls.__init__` with their defaults and comments (looked up along the class's bases)."

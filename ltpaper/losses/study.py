@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 from .binning import gradient_norm, class_bincount
 from ..distributed import all_reduce_sum
-from .base import _check
+from .base import check_hparam
 from .ours import OURS_BINNINGS, IntraStats, OursLoss, margin_logits
 
 # %% ../../nbs/losses/05_study.ipynb #d4e27539
@@ -49,13 +49,13 @@ class OursStudyLoss(OursLoss):
     def _check_study_hparams(self, binning, normalization, g_mode, margin_source, clamp, temper, mix, intra_start,
                              power_kappa):
         name = 'ours'
-        _check(name, binning in STUDY_BINNINGS, f"unknown binning {binning!r}; choose one of {STUDY_BINNINGS}")
-        _check(name, normalization in ('decoupled', 'raw'), f"unknown normalization {normalization!r}; choose 'decoupled' or 'raw'")
-        _check(name, g_mode in G_MODES, f"unknown g_mode {g_mode!r}; choose one of {tuple(G_MODES)}")
-        _check(name, margin_source in MARGIN_SOURCES, f"unknown margin_source {margin_source!r}; choose one of {MARGIN_SOURCES}")
-        _check(name, clamp is None or clamp > 0, f"clamp must be > 0 or None, got {clamp}")
-        _check(name, temper >= 0 and 0 <= mix <= 1 and 0 <= intra_start <= 1, "temper must be >= 0, mix and intra_start in [0, 1]")
-        _check(name, power_kappa > 0, f"power_kappa must be > 0, got {power_kappa}")
+        check_hparam(name, binning in STUDY_BINNINGS, f"unknown binning {binning!r}; choose one of {STUDY_BINNINGS}")
+        check_hparam(name, normalization in ('decoupled', 'raw'), f"unknown normalization {normalization!r}; choose 'decoupled' or 'raw'")
+        check_hparam(name, g_mode in G_MODES, f"unknown g_mode {g_mode!r}; choose one of {tuple(G_MODES)}")
+        check_hparam(name, margin_source in MARGIN_SOURCES, f"unknown margin_source {margin_source!r}; choose one of {MARGIN_SOURCES}")
+        check_hparam(name, clamp is None or clamp > 0, f"clamp must be > 0 or None, got {clamp}")
+        check_hparam(name, temper >= 0 and 0 <= mix <= 1 and 0 <= intra_start <= 1, "temper must be >= 0, mix and intra_start in [0, 1]")
+        check_hparam(name, power_kappa > 0, f"power_kappa must be > 0, got {power_kappa}")
 
     STATS_HP = ('bins', 'binning', 'aura_tau', 'aura_depth', 'estimator', 'momentum', 'g_mode', 'power_kappa')
     WEIGHT_HP = ('normalization', 'clamp', 'temper', 'mix', 'intra_start')

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from .figures import save_figure
 from .report import open_results, to_markdown
-from .runs import _atomic_write_text, output_roots
+from ..files import atomic_write
+from .runs import output_roots
 from .tables import DATASET_NAMES, expand_table, load_table
 
 # %% ../../nbs/pipeline/08_budget.ipynb #896ce042
@@ -183,17 +184,17 @@ def write_budget(table='fmnist_lt', profiles=BUDGET_PROFILES, results_roots=None
                                 ["mean ± std over the seeds both methods have (paired: one long-tailed subset for every seed).",
                                  "holds: mean > std; reversed: mean < −std; tie: within one std; n=1: not read."])
     paths = [troot/f'{stem}.md', troot/f'{stem}.csv']
-    _atomic_write_text(paths[0], md)
-    _atomic_write_text(paths[1], s.to_csv(index=False, float_format='%.4f'))
+    atomic_write(paths[0], md)
+    atomic_write(paths[1], s.to_csv(index=False, float_format='%.4f'))
     fig = plot_budget(s, f"{table}: test accuracy by training budget (200 epochs: ResNet-32 on a GPU; the rest small_resnet)")
     paths += save_figure(fig, roots['figures'], stem)
     plt.close(fig)
     if readings:
         rd = paired_differences(table, profiles, results_roots, claims=reading_claims(readings))
         paths += [troot/f'{table}_readings.md', troot/f'{table}_readings.csv']
-        _atomic_write_text(paths[-2], to_markdown(verdict_table(rd), "The paper's claims per reading of its method and training "
+        atomic_write(paths[-2], to_markdown(verdict_table(rd), "The paper's claims per reading of its method and training "
                            "budget: paired test top-1 differences a − b", ["ours = the reading named in the claim; R = margins "
                            "only; mean ± std over the seeds both methods have.", "holds: mean > std; reversed: mean < −std; "
                            "tie: within one std; n=1: not read; — = not measured."]))
-        _atomic_write_text(paths[-1], rd.to_csv(index=False, float_format='%.4f'))
+        atomic_write(paths[-1], rd.to_csv(index=False, float_format='%.4f'))
     return dict(summary=s, diffs=diffs, paths=paths)

@@ -9,16 +9,16 @@ __all__ = ['plot_per_class', 'plot_groups', 'plot_curves', 'margin_matrix', 'plo
 import io
 from pathlib import Path
 
-from .report import _label, view_rows, view_spec
-from .runs import _atomic_write_bytes
-from .tables import DATASET_NAMES, GROUPS, _fmt_if
+from .report import row_label, view_rows, view_spec
+from ..files import atomic_write
+from .tables import DATASET_NAMES, GROUPS, format_if
 
 # %% ../../nbs/pipeline/06_figures.ipynb #f346857b
 def _figure_runs(res, view, imbalance_factor=None):
     "The view's runs at one imbalance factor: the one asked for, else the view's, else its `figure_imbalance_factor`"
     "when that has runs, else the one with most runs; (runs with their view labels, the IF)."
     rows = {r.name: r for r in view_rows(res, view)}
-    runs = [dict(x, label=_label(view, rows[x['row']])) for x in res.runs if x['row'] in rows]
+    runs = [dict(x, label=row_label(view, rows[x['row']])) for x in res.runs if x['row'] in rows]
     imf = imbalance_factor if imbalance_factor is not None else view.get('imbalance_factor')
     if imf is None and runs:
         have = [x['imbalance_factor'] for x in runs]
@@ -52,7 +52,7 @@ def plot_per_class(res, view, imbalance_factor=None, accuracy='last'):
     g.set(xscale='log')
     g.set_axis_labels('training images of the class (log)', f'{accuracy}-epoch top-1 (%)')
     g.set_titles('{col_name}')
-    g.figure.suptitle(f"{view['name']}: per-class accuracy" + (f" (IF {_fmt_if(imf)})" if imf is not None else ''), y=1.03)
+    g.figure.suptitle(f"{view['name']}: per-class accuracy" + (f" (IF {format_if(imf)})" if imf is not None else ''), y=1.03)
     return g.figure
 
 def plot_groups(res, view, imbalance_factor=None, accuracy='last'):
@@ -70,7 +70,7 @@ def plot_groups(res, view, imbalance_factor=None, accuracy='last'):
                     order=list(GROUPS), errorbar='sd', height=3.4, aspect=1.3)
     g.set_axis_labels('class group (by training size)', f'{accuracy}-epoch top-1 (%)')
     g.set_titles('{col_name}')
-    g.figure.suptitle(f"{view['name']}: accuracy by group" + (f" (IF {_fmt_if(imf)})" if imf is not None else ''), y=1.03)
+    g.figure.suptitle(f"{view['name']}: accuracy by group" + (f" (IF {format_if(imf)})" if imf is not None else ''), y=1.03)
     return g.figure
 
 def plot_curves(res, view, imbalance_factor=None):
@@ -89,7 +89,7 @@ def plot_curves(res, view, imbalance_factor=None):
                     facet_kws=dict(sharey='row'))
     g.set_titles('{col_name}: {row_name}')
     g.set_ylabels('')
-    g.figure.suptitle(f"{view['name']}: training curves" + (f" (IF {_fmt_if(imf)})" if imf is not None else ''), y=1.03)
+    g.figure.suptitle(f"{view['name']}: training curves" + (f" (IF {format_if(imf)})" if imf is not None else ''), y=1.03)
     return g.figure
 
 # %% ../../nbs/pipeline/06_figures.ipynb #20252fbc
@@ -124,7 +124,7 @@ def save_figure(fig, figures_root, stem) -> list:
     for path, md, fmt in zip(paths, meta, ('png', 'pdf')):
         buf = io.BytesIO()                  # rendered in memory: a full disk never leaves a truncated figure in place of a good one
         fig.savefig(buf, format=fmt, dpi=150 if fmt == 'png' else 'figure', bbox_inches='tight', metadata=md)
-        _atomic_write_bytes(path, buf.getvalue())
+        atomic_write(path, buf.getvalue())
     return paths
 
 def write_figures(res, view, close=True) -> dict:
@@ -136,7 +136,7 @@ def write_figures(res, view, close=True) -> dict:
     if runs:
         ours = next((x for x in runs if x['method'].startswith('ours')), runs[0])
         figs['margins'] = plot_margins(ours['metrics']['class_counts'], title=f"M, {DATASET_NAMES.get(ours['dataset'], ours['dataset'])}"
-                                       + (f" IF {_fmt_if(imf)}" if imf is not None else '') + " (γ = 0.8)")
+                                       + (f" IF {format_if(imf)}" if imf is not None else '') + " (γ = 0.8)")
     out = {}
     for k, f in figs.items():
         if f is None: continue

@@ -10,7 +10,8 @@ import json, os, sys, time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .runs import _atomic_write_text, _kernel_env, _one_line, run_job
+from ..files import atomic_write
+from .runs import kernel_env, one_line, run_job
 
 # %% ../../nbs/pipeline/03_launch.ipynb #ff37e03a
 def _exit_with_parent(ppid, period=1.0):
@@ -31,15 +32,15 @@ def _failed(job, err, executed=None) -> dict:
     info = dict(table=job.table, row=job.row, seed=job.seed, config_hash=job.config_hash, error=err,
                 executed_notebook=str(executed or job.executed), time=datetime.now(timezone.utc).isoformat(timespec='seconds'))
     res = dict(table=job.table, row=job.row, seed=job.seed, executed=str(job.executed), state='failed', error=err)
-    try: _atomic_write_text(Path(job.out_dir)/'error.json', json.dumps(info, indent=1))
+    try: atomic_write(Path(job.out_dir)/'error.json', json.dumps(info, indent=1))
     except OSError as ex:   # the folder cannot take it: the failure is still counted and reported (summary, stderr)
-        res.update(unrecorded=True, error=f"{err} (and {Path(job.out_dir)/'error.json'} could not be written: {_one_line(ex)})")
+        res.update(unrecorded=True, error=f"{err} (and {Path(job.out_dir)/'error.json'} could not be written: {one_line(ex)})")
     return res
 
 def _run_one(job) -> dict:
     "run_job in this process; anything it raises (it records its own failures) is still this job's failed result."
     try: return run_job(job)
-    except Exception as ex: return _failed(job, f"ltpaper could not run it: {_one_line(ex)}")
+    except Exception as ex: return _failed(job, f"ltpaper could not run it: {one_line(ex)}")
 
 # %% ../../nbs/pipeline/03_launch.ipynb #f685c988
 def _run_on_gpus(jobs, gpus, bar) -> list:
@@ -55,7 +56,7 @@ def _run_on_gpus(jobs, gpus, bar) -> list:
                 except queue.Empty: return
                 try: res = pool.submit(run_job, j).result()
                 except Exception as ex:   # the worker process died: record it, start a fresh one
-                    res = _failed(j, f"worker for {'GPU ' + str(gpu) if gpu is not None else 'a CPU slot'} crashed: {_one_line(ex)}")
+                    res = _failed(j, f"worker for {'GPU ' + str(gpu) if gpu is not None else 'a CPU slot'} crashed: {one_line(ex)}")
                     pool.shutdown(cancel_futures=True)
                     pool = cf.ProcessPoolExecutor(1, mp_context=ctx, initializer=_gpu_worker_init, initargs=(gpu, os.getpid()))
                 res['gpu'] = gpu
@@ -78,12 +79,12 @@ def _run_on_slurm(jobs, folder, slurm, bar) -> list:
     if cluster == 'slurm' and os.environ.get('LTPAPER_SLURM_PARTITION'): params['slurm_partition'] = os.environ['LTPAPER_SLURM_PARTITION']
     if cluster != 'slurm': params = {k: v for k, v in params.items() if k in ('timeout_min',)}
     ex.update_parameters(name='ltpaper', **params)
-    with _kernel_env():   # the job processes (local or sbatch --export=ALL) import this checkout's ltpaper
+    with kernel_env():   # the job processes (local or sbatch --export=ALL) import this checkout's ltpaper
         subs = [(j, ex.submit(run_job, j)) for j in jobs]
     results = []
     for j, s in subs:
         try: res = s.result()
-        except Exception as e: res = _failed(j, f"submitit job {s.job_id} failed: {_one_line(e)}")
+        except Exception as e: res = _failed(j, f"submitit job {s.job_id} failed: {one_line(e)}")
         res['job_id'] = s.job_id
         results.append(res)
         bar.set_postfix_str(f"{j.row} seed{j.seed}")

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..train.checkpoint import atomic_write, load_checkpoint
+from ..files import atomic_write
+from ..train.checkpoint import load_checkpoint
 from ..config import TrainConfig
 from ..data import build_dataset, make_loader
 from ..losses import build_loss

@@ -4,18 +4,19 @@
 
 # %% auto #0
 __all__ = ['SHOTS', 'SHOT_DATASETS', 'UNBALANCED_TEST', 'IMAGE_MEAN', 'Results', 'open_results', 'relative',
-           'check_paper_parameters', 'view_spec', 'view_rows', 'reported_results', 'view_metrics', 'summarize',
-           'format_view', 'to_markdown', 'to_latex', 'table_caption', 'write_table']
+           'check_paper_parameters', 'view_spec', 'view_rows', 'row_label', 'reported_results', 'view_metrics',
+           'summarize', 'format_view', 'to_markdown', 'to_latex', 'table_caption', 'write_table']
 
 # %% ../../nbs/pipeline/05_report.ipynb #4358ec66
 import math, re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import _need, config_hash
-from .runs import Job, _atomic_write_text, executed_path, job_state, output_roots, parse_seeds, read_metrics, run_dir
+from ..config import need, config_hash
+from ..files import atomic_write
+from .runs import Job, executed_path, job_state, output_roots, parse_seeds, read_metrics, run_dir
 from ..settings import PROFILES, get_settings
-from .tables import DATASET_NAMES, GROUPS, _configs_root, _fmt_if, expand_table, load_table, project_root
+from .tables import DATASET_NAMES, GROUPS, configs_folder, format_if, expand_table, load_table, project_root
 
 # %% ../../nbs/pipeline/05_report.ipynb #667e2fd2
 @dataclass
@@ -62,9 +63,9 @@ def relative(path) -> str:
 def check_paper_parameters(results_root='', profile='', tables_root='', figures_root='', seeds='') -> dict:
     "Validate a paper notebook's papermill parameters (strings; '' = default); keyword arguments for `open_results`."
     for k, v in dict(results_root=results_root, profile=profile, tables_root=tables_root, figures_root=figures_root, seeds=seeds).items():
-        _need(isinstance(v, str), f"parameter {k} must be a string ('' for the default), got {type(v).__name__}")
+        need(isinstance(v, str), f"parameter {k} must be a string ('' for the default), got {type(v).__name__}")
     profile = profile or get_settings().default_profile
-    _need(profile in PROFILES, f"parameter profile={profile!r}: choose one of {list(PROFILES)}")
+    need(profile in PROFILES, f"parameter profile={profile!r}: choose one of {list(PROFILES)}")
     return dict(profile=profile, results_root=results_root or None, tables_root=tables_root or None,
                 figures_root=figures_root or None, seeds=parse_seeds(seeds) if seeds.strip() else None)
 
@@ -74,7 +75,7 @@ def view_spec(res, name=None) -> dict:
     views = res.spec['views']
     if name is None: return views[0]
     m = [v for v in views if v['name'] == name]
-    _need(m, f"table {res.table} has no view {name!r}; views: {[v['name'] for v in views]}")
+    need(m, f"table {res.table} has no view {name!r}; views: {[v['name'] for v in views]}")
     return m[0]
 
 def view_rows(res, view) -> list:
@@ -85,7 +86,9 @@ def view_rows(res, view) -> list:
     ifs = list(dict.fromkeys(r.imbalance_factor for r in res.rows))
     return sorted(sel, key=lambda r: (ds.index(r.dataset), order[r.method], ifs.index(r.imbalance_factor)))
 
-def _label(view, row): return (view.get('labels') or {}).get(row.method, row.label)
+def row_label(view, row):
+    "The label a view shows for a row: the view's own label of its method, else the row's."
+    return (view.get('labels') or {}).get(row.method, row.label)
 
 # %% ../../nbs/pipeline/05_report.ipynb #a7b27522
 _PAPER_METRIC = dict(overall='top1_overall', Many='top1_many', Medium='top1_medium', Few='top1_few', Rare='top1_rare')
@@ -100,7 +103,7 @@ IMAGE_MEAN = 'Overall (image mean)'
 def reported_results(configs_root=None):
     "The paper's numbers (configs/reported_results.csv) as a DataFrame."
     import pandas as pd
-    p = _configs_root(configs_root)/'reported_results.csv'
+    p = configs_folder(configs_root)/'reported_results.csv'
     if not p.is_file(): raise FileNotFoundError(f"{p} not found: it holds the paper's numbers (copy it from the paper folder)")
     return pd.read_csv(p)
 
@@ -133,7 +136,7 @@ def _paper_value(paper_df, pspec, row, metric):
 def summarize(res, view=None, accuracy='last', configs_root=None):
     "Tidy DataFrame: one line per (row, metric) of the view with n, mean, std, paper, diff."
     import pandas as pd
-    _need(accuracy in ('last', 'best'), f"accuracy must be 'last' or 'best', got {accuracy!r}")
+    need(accuracy in ('last', 'best'), f"accuracy must be 'last' or 'best', got {accuracy!r}")
     view = view if isinstance(view, dict) else view_spec(res, view)
     pspec = view.get('paper')
     paper_df = reported_results(configs_root) if pspec else None
@@ -151,7 +154,7 @@ def summarize(res, view=None, accuracy='last', configs_root=None):
             orient = bool(pspec and pspec.get('orientation'))
             source = f"{pspec['table']} {DATASET_NAMES.get(pspec.get('dataset', r.dataset), r.dataset)}" if pv is not None else ''
             out.append(dict(view=view['name'], dataset=r.dataset, imbalance_factor=r.imbalance_factor, method=r.method,
-                            label=_label(view, r), row=r.name, metric=m, accuracy=accuracy, n=n, mean=mean, std=std,
+                            label=row_label(view, r), row=r.name, metric=m, accuracy=accuracy, n=n, mean=mean, std=std,
                             seeds=','.join(str(x['seed']) for x in sorted(runs, key=lambda x: x['seed'])),
                             paper=math.nan if pv is None else pv,
                             paper_source=source,
@@ -177,7 +180,7 @@ def format_view(summary, view):
         paper_line = f"paper, {DATASET_NAMES.get(pspec.get('dataset'), pspec.get('dataset'))} (orientation only)" if orient else 'paper'
     recs = []
     for _, s in summary.iterrows():
-        col = (DATASET_NAMES.get(s.dataset, s.dataset), f"IF {_fmt_if(s.imbalance_factor)}") if view['kind'] == 'overall' else \
+        col = (DATASET_NAMES.get(s.dataset, s.dataset), f"IF {format_if(s.imbalance_factor)}") if view['kind'] == 'overall' else \
               ('Overall' if s.metric == 'overall' else s.metric)
         idx = (s.label,) if view['kind'] == 'overall' else (DATASET_NAMES.get(s.dataset, s.dataset), s.label)
         recs.append((idx + ('reproduced',), col, _cell(s['mean'], s['std'], s.n)))
@@ -272,7 +275,7 @@ def write_table(res, view, accuracy='last', configs_root=None) -> dict:
     root = Path(res.roots['tables'])
     root.mkdir(parents=True, exist_ok=True)
     paths = [root/f'{stem}.md', root/f'{stem}.tex', root/f'{stem}.csv']
-    _atomic_write_text(paths[0], to_markdown(shown, cap, notes))
-    _atomic_write_text(paths[1], to_latex(shown, cap + '. ' + ' '.join(notes), f'tab:{stem}'))
-    _atomic_write_text(paths[2], summary.to_csv(index=False, float_format='%.4f'))
+    atomic_write(paths[0], to_markdown(shown, cap, notes))
+    atomic_write(paths[1], to_latex(shown, cap + '. ' + ' '.join(notes), f'tab:{stem}'))
+    atomic_write(paths[2], summary.to_csv(index=False, float_format='%.4f'))
     return dict(table=shown, summary=summary, paths=paths, caption=cap, notes=notes)

@@ -10,7 +10,7 @@ import dataclasses
 from pathlib import Path
 
 from .launch import execute_jobs
-from .runs import _ipc_kernel_manager, _kernel_env, _one_line, job_state, output_roots, paper_notebook, plan_jobs, read_metrics
+from .runs import ipc_kernel_manager, kernel_env, one_line, job_state, output_roots, paper_notebook, plan_jobs, read_metrics
 from ..settings import get_settings
 from .tables import load_table
 
@@ -25,10 +25,10 @@ def render(table, profile, results_root=None, seeds=None, tables_root=None, figu
     params = dict(named, profile=profile, seeds=','.join(map(str, seeds)) if seeds else '')   # roots: the notebook applies the rule
     out = roots['results']/'executed'/'paper'/f'{table}.ipynb'
     out.parent.mkdir(parents=True, exist_ok=True)
-    with _kernel_env():
+    with kernel_env():
         pm.execute_notebook(str(paper_notebook(table)), str(out), parameters=params, kernel_name='python3',
                             cwd=str(out.parent), progress_bar=False, shutdown_kernel='immediate', log_output=False,
-                            kernel_manager_class=_ipc_kernel_manager())
+                            kernel_manager_class=ipc_kernel_manager())
     return out
 
 def _snapshot(roots: dict) -> dict:
@@ -91,7 +91,7 @@ def reproduce(table, profile=None, rows=None, seeds=None, device=None, gpus=None
             rendered = render(table, profile, results_root, seeds)
             written = _written(before, roots)
         except Exception as ex:
-            failed.append(dict(table=table, row='(render)', seed=None, state='failed', error=_one_line(ex),
+            failed.append(dict(table=table, row='(render)', seed=None, state='failed', error=one_line(ex),
                                executed=str(roots['results']/'executed'/'paper'/f'{table}.ipynb')))
     return dict(table=table, profile=profile, jobs=jobs, ran=results, skipped=skipped, failed=failed, rendered=rendered,
                 written=written, roots=roots)

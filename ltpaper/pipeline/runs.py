@@ -4,16 +4,17 @@
 
 # %% auto #0
 __all__ = ['Job', 'output_roots', 'run_dir', 'executed_path', 'select_rows', 'plan_jobs', 'read_metrics', 'lock_holder',
-           'job_state', 'fake_metrics', 'experiment_notebook', 'paper_notebook', 'notebook_parameters', 'run_job',
-           'parse_seeds', 'status']
+           'job_state', 'fake_metrics', 'experiment_notebook', 'paper_notebook', 'kernel_env', 'ipc_kernel_manager',
+           'notebook_parameters', 'one_line', 'run_job', 'parse_seeds', 'status']
 
 # %% ../../nbs/pipeline/02_runs.ipynb #40b4cfd4
-import contextlib, fnmatch, json, os, socket, tempfile, time, traceback
+import contextlib, fnmatch, json, os, socket, time, traceback
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..config import _need, check_notebook_parameters, config_hash, resume_key
+from ..config import need, check_notebook_parameters, config_hash, resume_key
+from ..files import atomic_write
 from ..numerics import child_environ
 from ..settings import get_settings
 from .tables import GROUPS, expand_table, load_table, project_root
@@ -52,11 +53,11 @@ def select_rows(rows, pattern=None) -> list:
     "Rows whose name matches one of the comma-separated globs in `pattern` (all rows when None); every glob must match a row."
     if pattern is None: return list(rows)
     globs = [g.strip() for g in str(pattern).split(',') if g.strip()]
-    _need(globs, f"--rows {pattern!r} names no row (an empty pattern selects nothing; leave --rows out for every row)")
+    need(globs, f"--rows {pattern!r} names no row (an empty pattern selects nothing; leave --rows out for every row)")
     some = f"rows are e.g. {', '.join(r.name for r in rows[:4])}, ... ({len(rows)} in all)"
     unmatched = [g for g in globs if not any(fnmatch.fnmatchcase(r.name, g) for r in rows)]
     what = f"--rows {pattern!r}" if len(globs) == 1 else f"--rows {pattern!r}: {', '.join(map(repr, unmatched))}"
-    _need(not unmatched, f"{what} matches no row; {some}")
+    need(not unmatched, f"{what} matches no row; {some}")
     return [r for r in rows if any(fnmatch.fnmatchcase(r.name, g) for g in globs)]
 
 def plan_jobs(table, profile, rows=None, seeds=None, device=None, results_root=None, configs_root=None) -> list:
@@ -105,12 +106,12 @@ def read_metrics(path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is corrupt ({type(e).__name__}: {e}); its row will be rerun") from None
     except OSError as e: raise ValueError(f"{path} cannot be read ({e.strerror or e}); its row will be rerun") from None
-    _need(isinstance(rec, dict), f"{path} is corrupt (not a JSON object); its row will be rerun")
+    need(isinstance(rec, dict), f"{path} is corrupt (not a JSON object); its row will be rerun")
     missing = [k for k in _REQUIRED if k not in rec]
-    _need(not missing, f"{path} is corrupt (missing {missing}); its row will be rerun")
-    _need(rec['schema'] == 1, f"{path} has metrics schema {rec['schema']!r}; this ltpaper reads schema 1")
+    need(not missing, f"{path} is corrupt (missing {missing}); its row will be rerun")
+    need(rec['schema'] == 1, f"{path} has metrics schema {rec['schema']!r}; this ltpaper reads schema 1")
     bad = _schema_problems(rec)
-    _need(not bad, f"{path} is corrupt (wrong type of {bad}); its row will be rerun")
+    need(not bad, f"{path} is corrupt (wrong type of {bad}); its row will be rerun")
     return rec
 
 def _read_json_dict(path) -> dict|None:
@@ -149,7 +150,7 @@ def job_state(job) -> tuple:
         except ValueError as ex: return 'corrupt', str(ex)
         if rec.get('status') != 'complete': return 'incomplete', f"{m} has status {rec.get('status')!r}"
         try: h = config_hash(rec['config'])
-        except (ValueError, TypeError, KeyError) as ex: return 'corrupt', f"{m} is corrupt (its config: {_one_line(ex)}); its row will be rerun"
+        except (ValueError, TypeError, KeyError) as ex: return 'corrupt', f"{m} is corrupt (its config: {one_line(ex)}); its row will be rerun"
         if h != job.config_hash: return 'stale', f"{m} was made with config {h}, the config now hashes to {job.config_hash}"
         return 'done', f"last top-1 {rec['last']['top1']:.2f}%"
     if e.exists():
@@ -163,25 +164,6 @@ def job_state(job) -> tuple:
     return 'missing', ''
 
 # %% ../../nbs/pipeline/02_runs.ipynb #7b99f67c
-def _atomic_write_text(path, text):
-    "Write via a temp file in the same folder + os.replace: readers never see half a file."
-    _atomic_write_bytes(path, text.encode())
-
-def _atomic_write_bytes(path, data):
-    "The bytes `data` at `path`, mode 0644 (mkstemp creates 0600; outputs are for every reader), via temp file + os.replace."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, 'wb') as f: f.write(data)
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.filename is None:   # a full disk says which file it could not write
-            raise OSError(e.errno, f"could not write {path}: {e.strerror or e}") from None
-        raise
-
 def fake_metrics(job, top1=50.0, class_counts=(100, 40, 10, 4), epochs=2, seed_noise=0.0) -> dict:
     "A metrics.json in the contract's schema for `job`, with made-up accuracies (for demos and tests only)."
     C = len(class_counts)
@@ -201,7 +183,7 @@ def fake_metrics(job, top1=50.0, class_counts=(100, 40, 10, 4), epochs=2, seed_n
                         for e in range(1, epochs + 1)],
                class_counts=list(class_counts), num_train=sum(class_counts), num_test=100 * C, wall_time_s=1.0,
                images_per_s=1000.0, provenance=dict(ltpaper='fake', device='cpu'))
-    _atomic_write_text(Path(job.out_dir)/'metrics.json', json.dumps(rec))
+    atomic_write(Path(job.out_dir)/'metrics.json', json.dumps(rec))
     return rec
 
 # %% ../../nbs/pipeline/02_runs.ipynb #7714a2e9
@@ -219,13 +201,13 @@ def paper_notebook(table, configs_root=None) -> Path:
     return p
 
 @contextlib.contextmanager
-def _kernel_env():
+def kernel_env():
     "Kernels import the ltpaper of this checkout (its root leads PYTHONPATH) and start with the numerics pins (nbs/00f_numerics)."
     root = str(project_root())
     path = os.pathsep.join([root] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p and p != root])
     with child_environ(PYTHONPATH=path): yield    # pins set before the kernel imports torch
 
-def _ipc_kernel_manager():
+def ipc_kernel_manager():
     "jupyter_client's kernel manager on IPC transport: the kernel and this process talk over local sockets, so ipykernel"
     "has no reason to warn that it runs over TCP without encryption (and nothing is sent over the network)."
     from jupyter_client.manager import AsyncKernelManager
@@ -242,7 +224,8 @@ def notebook_parameters(job) -> dict:
     check_notebook_parameters(**params)
     return params
 
-def _one_line(ex) -> str:
+def one_line(ex) -> str:
+    "An exception (a papermill cell's error too) as one line of at most 500 characters, for summaries and error.json."
     if type(ex).__name__ == 'PapermillExecutionError':
         msg = f"{ex.ename}: {ex.evalue}"
     else: msg = f"{type(ex).__name__}: {ex}"
@@ -281,7 +264,7 @@ def run_job(job, notebook=None, kernel_name='python3') -> dict:
         executed.parent.mkdir(parents=True, exist_ok=True)
         held = _take_lock(out)   # two `ltpaper reproduce` calls never run one row at once (nor delete each other's files)
     except OSError as ex:        # an unwritable or full folder: this row fails, the batch goes on
-        return dict(base, state='failed', seconds=0.0, unrecorded=True, error=f"cannot claim {out}: {_one_line(ex)} (nothing recorded there)")
+        return dict(base, state='failed', seconds=0.0, unrecorded=True, error=f"cannot claim {out}: {one_line(ex)} (nothing recorded there)")
     if held is not None:
         return dict(base, state='failed', seconds=0.0,
                     error=f"{out} is being run by another ltpaper process (pid {held.get('pid')} on {held.get('host')} since "
@@ -309,16 +292,16 @@ def _prepare(job, out):
     pend, key = out/'pending.json', resume_key(job.config)
     same = not job.force and (_read_json_dict(pend) or {}).get('resume_key') == key
     if not same: (out/'checkpoint.pt').unlink(missing_ok=True)   # never resume another config's (or device's) checkpoint
-    _atomic_write_text(pend, json.dumps(dict(config_hash=job.config_hash, resume_key=key)))
+    atomic_write(pend, json.dumps(dict(config_hash=job.config_hash, resume_key=key)))
 
 def _record_failure(job, out, executed, base, ex, t0) -> dict:
     "error.json for a failed run; when even that cannot be written, the result says so (the summary reports it)."
-    err = _one_line(ex)
+    err = one_line(ex)
     info = dict(base, config_hash=job.config_hash, error=err, type=type(ex).__name__, executed_notebook=str(executed),
                 time=datetime.now(timezone.utc).isoformat(timespec='seconds'), traceback=traceback.format_exc()[-4000:])
     res = dict(base, state='failed', seconds=time.time() - t0, error=err)
-    try: _atomic_write_text(out/'error.json', json.dumps(info, indent=1))
-    except OSError as wex: res.update(unrecorded=True, error=f"{err} (and {out/'error.json'} could not be written: {_one_line(wex)})")
+    try: atomic_write(out/'error.json', json.dumps(info, indent=1))
+    except OSError as wex: res.update(unrecorded=True, error=f"{err} (and {out/'error.json'} could not be written: {one_line(wex)})")
     return res
 
 def _run_locked(job, out, executed, base, notebook, kernel_name) -> dict:
@@ -328,14 +311,14 @@ def _run_locked(job, out, executed, base, notebook, kernel_name) -> dict:
         _prepare(job, out)
         params = notebook_parameters(job)
         import papermill as pm
-        with _kernel_env():
+        with kernel_env():
             pm.execute_notebook(str(notebook or experiment_notebook()), str(executed), parameters=params, kernel_name=kernel_name,
                                 cwd=str(out), progress_bar=False, shutdown_kernel='immediate', log_output=False,
-                                kernel_manager_class=_ipc_kernel_manager())
+                                kernel_manager_class=ipc_kernel_manager())
         rec = read_metrics(out/'metrics.json')
-        _need(rec.get('status') == 'complete', f"{out/'metrics.json'} has status {rec.get('status')!r} after the run")
+        need(rec.get('status') == 'complete', f"{out/'metrics.json'} has status {rec.get('status')!r} after the run")
         h = config_hash(rec['config'])
-        _need(h == job.config_hash, f"{out/'metrics.json'} records config {h}, expected {job.config_hash}")
+        need(h == job.config_hash, f"{out/'metrics.json'} records config {h}, expected {job.config_hash}")
         (out/'pending.json').unlink(missing_ok=True)
         ok = True
         return dict(base, state='done', seconds=time.time() - t0, top1=rec['last']['top1'])
@@ -347,8 +330,8 @@ def parse_seeds(s) -> list:
     "'0,1,2' -> [0, 1, 2]."
     try: seeds = [int(x) for x in str(s).split(',') if x.strip() != '']
     except ValueError: raise ValueError(f"--seeds {s!r}: give comma-separated integers, e.g. 0,1,2") from None
-    _need(seeds and all(x >= 0 for x in seeds), f"--seeds {s!r}: give comma-separated non-negative integers, e.g. 0,1,2")
-    _need(len(set(seeds)) == len(seeds), f"--seeds {s!r} repeats a seed")
+    need(seeds and all(x >= 0 for x in seeds), f"--seeds {s!r}: give comma-separated non-negative integers, e.g. 0,1,2")
+    need(len(set(seeds)) == len(seeds), f"--seeds {s!r} repeats a seed")
     return seeds
 
 def status(table, profile=None, rows=None, seeds=None, results_root=None) -> list:

@@ -16,7 +16,7 @@ import torch
 from ..config import TrainConfig
 from .step import TrainStep
 from ..distributed import distributed
-from .loop import Run, _device_of, run_dir
+from .loop import Run, run_device, run_dir
 
 # %% ../../nbs/train/07_many.ipynb #9a9ce12f
 _PROCESS_WIDE = ('threads', 'deterministic')   # TrainConfig fields that set the whole process (threads, cuDNN)
@@ -29,7 +29,7 @@ def _one_process(configs: list) -> str:
         vals = sorted({getattr(c, f) for c in configs})
         if len(vals) > 1:
             raise ValueError(f"train_many: the runs differ in {f} ({vals}), a setting of the whole process; group them by it")
-    devices = sorted({_device_of(c) for c in configs})
+    devices = sorted({run_device(c) for c in configs})
     if len(devices) > 1:
         raise ValueError(f"train_many: the runs ask for devices {devices}; one process trains on one device")
     dirs = [run_dir(c).resolve() for c in configs]
