@@ -6,6 +6,7 @@
 __all__ = ['STUDY_BINNINGS', 'G_MODES', 'MARGIN_SOURCES', 'OursStudyLoss', 'OursTunedLoss']
 
 # %% ../../nbs/losses/05_study.ipynb #e40a6963
+import functools
 import torch
 import torch.nn.functional as F
 from fastcore.basics import patch
@@ -143,10 +144,4 @@ def forward(self: OursStudyLoss, logits, target, index=None):
 # %% ../../nbs/losses/05_study.ipynb #4b56694f
 class OursTunedLoss(OursStudyLoss):
     "`ours_study` with the intra-balance study's choice as defaults: g from the raw logits, w -> w ** 0.5."
-    def __init__(self, class_counts, gamma=0.8, bins=10, use_margin=True, use_intra=True, binning='aura',
-                 aura_tau=None, aura_depth=7, estimator='window', momentum=0.7, normalization='decoupled',
-                 g_mode='raw', power_kappa=2.0, clamp=None, temper=0.5, mix=1.0, intra_start=0.0,
-                 margin_source='static', kappa=0.1, beta=1.2):
-        super().__init__(class_counts, gamma, bins, use_margin, use_intra, binning, aura_tau, aura_depth, estimator,
-                         momentum, normalization, g_mode, power_kappa, clamp, temper, mix, intra_start, margin_source,
-                         kappa, beta)
+    __init__ = functools.partialmethod(OursStudyLoss.__init__, g_mode='raw', temper=0.5)
