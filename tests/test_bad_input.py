@@ -1,5 +1,5 @@
 """Bad inputs are refused with a one-line error that names the problem, before any work is done or any file is lost:
-the loss API (the cases nbs/losses/00_losses.ipynb does not check), TrainConfig, the `ltpaper` CLI (in-process and one
+the loss API (the cases nbs/losses/07_registry.ipynb does not check), TrainConfig, the `ltpaper` CLI (in-process and one
 real process), the data loaders (damaged files written here in the real IDX format), the experiment notebook's
 papermill parameters; plus source checks (torch.load with weights_only=True, no eval/exec, yaml.safe_load only)."""
 import gzip, json, re, subprocess, sys
@@ -31,7 +31,7 @@ def one_line(msg: str, *names):
 
 
 # ---------------------------------------------------------------- loss API
-# nbs/losses/00_losses.ipynb ("Bad input" and the build_loss cells) checks an unknown loss, a misspelt or wrong-typed
+# nbs/losses/07_registry.ipynb ("Bad input" and the build_loss cells) checks an unknown loss, a misspelt or wrong-typed
 # hyperparameter, bins=0, an unknown binning or estimator, a negative gamma or momentum, negative or 2-D class_counts,
 # logits whose classes disagree with class_counts, 3-D logits, a target out of range, of another batch size or of
 # floats. Only the cases it leaves out are here.

@@ -1,6 +1,7 @@
 """Every ltpaper module imports in a fresh interpreter (a hidden notebook cell can mask a missing import), and the import
 graph of the package, read from the source, runs one way: no module imports, directly or through others, one that
-imports it (the loss registry imports the loss modules; no loss module imports the registry back). What one module
+imports it (the loss registry imports the loss modules; no loss module imports the registry back), and every import
+points down the house that docs/contributing.md draws (LAYERS) or stays inside its package. What one module
 takes from another is public: a private name (`from ltpaper.x import _y`, relative or not, inside functions too) may
 cross a module boundary only when it is listed in PRIVATE_IMPORTS below with its reason, and at most 5 may."""
 import ast, pkgutil, subprocess, sys
@@ -90,20 +91,48 @@ def test_no_loss_module_imports_the_registry():
                   and deps & {'ltpaper.losses', 'ltpaper.losses.registry'})
     assert back == [], f'these loss modules import the registry (or the package that re-exports it): {back}'
 
+# the house, top to bottom (docs/contributing.md, Layout): an import points down this list, or stays inside its group
+LAYERS = [('ltpaper.cli',), ('ltpaper.pipeline',), ('ltpaper.train',), ('ltpaper.config',),
+          ('ltpaper.losses', 'ltpaper.data', 'ltpaper.models'),
+          ('ltpaper.settings', 'ltpaper.numerics', 'ltpaper.distributed', 'ltpaper.files', 'ltpaper')]
+
+def group_of(m: str) -> str:
+    "The group of LAYERS a module belongs to (cli_args is the cli's; a package's modules are the package's)."
+    m = 'ltpaper.cli' if m == 'ltpaper.cli_args' else m
+    return max((g for gs in LAYERS for g in gs if m == g or m.startswith(g + '.')), key=len, default='')
+
+def layer_of(m: str) -> int: return next(i for i, gs in enumerate(LAYERS) if group_of(m) in gs)
+
+def test_every_module_has_its_place_in_the_house():
+    assert [m for m in GRAPH if not group_of(m)] == []
+
+def pointing_up(graph: dict) -> list:
+    "(importer, imported) of every import that points up or sideways in LAYERS."
+    return sorted((m, d) for m, deps in graph.items() for d in deps if group_of(d) != group_of(m) and layer_of(d) <= layer_of(m))
+
+def test_every_import_points_down():
+    assert pointing_up(GRAPH) == [], f"imports that point up or sideways in the house (LAYERS): {pointing_up(GRAPH)}"
+
+def test_lines_of_ltpaper_at_most_140():
+    long = [f'{p.relative_to(ROOT)}:{i}' for p in (ROOT/'ltpaper').rglob('*.py') if p.name != '_modidx.py'
+            for i, line in enumerate(p.read_text().splitlines(), 1) if len(line) > 140]
+    assert long == [], f'lines over 140 characters (wrap them in the notebook): {long[:10]}'
+
 def test_private_imports_are_few_and_listed():
     unlisted = sorted(set(PRIVATE) - set(PRIVATE_IMPORTS))
     assert unlisted == [], f"private names imported across modules (make them public, or list them with a reason): {unlisted}"
     assert len(PRIVATE) <= 5 and all(PRIVATE_IMPORTS.values())
 
 def test_the_checks_bite(tmp_path):
-    "A planted cycle and a planted private import are found (the graph is read from files, so plant files)."
+    "A planted cycle, private import and upward import are found (the graph is read from files, so plant files)."
     pkg = tmp_path/'ltpaper'
     (pkg/'losses').mkdir(parents=True)
     (pkg/'__init__.py').write_text('')
     (pkg/'losses'/'__init__.py').write_text('from .registry import LOSSES\n')
     (pkg/'losses'/'registry.py').write_text('from . import study\nLOSSES = {}\n')
     (pkg/'losses'/'study.py').write_text('def f():\n    from ltpaper.losses import LOSSES\n    from .base import _check\n')
-    (pkg/'losses'/'base.py').write_text('def _check(): pass\n')
+    (pkg/'losses'/'base.py').write_text('def _check(): pass\ndef f():\n    import ltpaper.pipeline.runs\n')
     graph, private = import_graph(pkg)
     assert find_cycle(graph) == ['ltpaper.losses', 'ltpaper.losses.registry', 'ltpaper.losses.study', 'ltpaper.losses']
     assert private == [('ltpaper.losses.study', 'ltpaper.losses.base', '_check')]
+    assert pointing_up(graph) == [('ltpaper.losses.base', 'ltpaper.pipeline.runs')]
