@@ -130,7 +130,7 @@ assert r.stdout.strip() == 'False', r.stdout + r.stderr    # planning runs and r
 
 # the names one module uses from another, made public: {defining module: {old: new}}
 RENAMES = {
-    'losses.base': dict(_as_counts='as_counts', _check='check_hparam', _check_num='check_num'),
+    'losses.base': dict(_as_counts='as_counts', _check='check_hparam', _check_num='check_num', _check_size='check_size'),
     'config': dict(_need='need', _jsonable='jsonable'),
     'data.readers': dict(_CIFAR='CIFAR_FILES', _cifar_reader='cifar_reader', _cifar_verify='cifar_verify', _download_cifar='download_cifar',
                          _download_fmnist='download_fmnist', _download_tiny='download_tiny', _fmnist_candidates='fmnist_candidates',
@@ -316,7 +316,8 @@ def public_names():
         whole_file = _source(p)
         for mod, renames in RENAMES.items():
             defining = _defines(p, mod)
-            importing = {old for old in renames if _imports_name(whole_file, mod, old)}
+            importing = {old for old, new in renames.items()          # the new name too: a merge may bring old uses back
+                         if _imports_name(whole_file, mod, old) or _imports_name(whole_file, mod, new)}
             parts = [rename_in(t, mod, {o: n for o, n in renames.items() if defining or o in importing}, True)
                      if (defining or importing) else rename_in(t, mod, renames, False) for t in parts]
         if nb:
