@@ -102,8 +102,8 @@ def cli_train(argv: list[str]|None = None) -> int:
         last, best = m['last'], m['best']
         print(f"last top-1 {last['top1']:.2f}% (epoch {last['epoch']}), best {best['top1']:.2f}% (epoch {best['epoch']})"
               f"; {m['images_per_s']:.0f} images/s; config {m['config_hash']}")
-        from ltpaper.train import _out_dir
-        print(f"metrics: {_out_dir(config, m['config_hash']) / 'metrics.json'}")
+        from ltpaper.train import run_dir
+        print(f"metrics: {run_dir(config, m['config_hash']) / 'metrics.json'}")
     return 0
 
 # %% ../nbs/06_cli.ipynb #f0df1cf0
