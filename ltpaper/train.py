@@ -17,7 +17,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from .checkpoint import atomic_write, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import atomic_write, load_checkpoint, rng_state, save_checkpoint, set_rng_state, state_dict_problem
 from .config import TrainConfig, config_hash
 from .data import class_groups
 from .distributed import dist_context, distributed, gather_objects
@@ -202,9 +202,11 @@ def _resume_from(r: _Run, st: dict):
     if ck['config_hash'] != r.h:
         raise ValueError(f"{r.ckpt_path} was written by another config (hash {ck['config_hash']} != {r.h}); "
                          "use a new out_dir or resume=False")
-    r.model.load_state_dict(ck['model'])
-    r.opt.load_state_dict(ck['optimizer'])
-    r.loss_fn.load_state_dict(ck['loss'])
+    for key, part in (('model', r.model), ('optimizer', r.opt), ('loss', r.loss_fn)):   # contents checked by load_checkpoint
+        try: part.load_state_dict(ck[key])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+            raise ValueError(f"{r.ckpt_path}: its {key} state does not fit this run ({state_dict_problem(e)}); delete it, or "
+                             "rerun without resume (`ltpaper reproduce --force`)") from None
     st.update({k: ck[k] for k in st})
     rngs = ck['rng']
     if len(rngs) == r.world:
