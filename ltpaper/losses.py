@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from .binning import class_bincount
 from .distributed import all_reduce_sum
-from .loss_base import LTLoss, counts_from_labels, _as_counts, _check_num
+from .loss_base import LTLoss, counts_from_labels, _as_counts, _check_num, _check_size
 from .ours import OURS_BINNINGS, IntraStats, OursLoss, margin_logits, ours_loss
 # ltpaper.losses offers every loss name: the base's and the paper's loss's too
 _all_ = ['counts_from_labels', 'LTLoss', 'margin_logits', 'ours_loss', 'IntraStats', 'OURS_BINNINGS', 'OursLoss']
@@ -111,6 +111,7 @@ class GHMLoss(LTLoss):
         super().__init__(class_counts)
         _check_num('ghm', 'bins', bins, 1, integer=True)
         _check_num('ghm', 'momentum', momentum, 0, 1, hi_open=True)
+        _check_size('ghm', f"bins={bins}", bins, 4 * bins, 'bin counts')        # bounded before the buffer is allocated
         self.bins, self.momentum = bins, momentum
         self.register_buffer('acc_sum', torch.zeros(bins))
     def forward(self, logits, target, index=None):
