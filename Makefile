@@ -90,7 +90,8 @@ clean-nbs: $(STAMP)
 # notebooks whose point is a picture and every paper notebook. `make notebooks` executes them in place (kernels import
 # this checkout's ltpaper) and cleans them; unchanged code and results give unchanged bytes.
 NOTEBOOKS_WITH_OUTPUTS := nbs/losses/02_binning.ipynb nbs/method.ipynb nbs/paper/fmnist_lt.ipynb nbs/paper/fmnist_lt_budget.ipynb \
-                          nbs/paper/intra_balance_study.ipynb nbs/paper/table1.ipynb nbs/paper/table2.ipynb nbs/paper/table3.ipynb
+                          nbs/paper/intra_balance_study.ipynb nbs/paper/mechanism.ipynb nbs/paper/table1.ipynb nbs/paper/table2.ipynb \
+                          nbs/paper/table3.ipynb
 notebooks: $(STAMP)
 	for nb in $(NOTEBOOKS_WITH_OUTPUTS); do \
 	  PYTHONPATH=$(CURDIR) OMP_NUM_THREADS=1 $(PINNED) $(BIN)/jupyter nbconvert --to notebook --execute --inplace $$nb || exit $$?; done

@@ -8,7 +8,7 @@ __all__ = ['COMMANDS', 'EXAMPLES', 'train_parser', 'parse_train_args', 'cli_trai
            'compare_parser', 'cli_compare', 'usage', 'main']
 
 # %% ../nbs/06_cli.ipynb #357f5d30
-import argparse, json, os, sys, typing
+import argparse, json, os, signal, sys, typing
 from dataclasses import fields
 from pathlib import Path
 
@@ -79,12 +79,16 @@ def cli_train(argv: list[str]|None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         config, force = _parse_train(argv)
+        get_settings()            # settings.ini and the LTPAPER_* variables (an empty one is refused) before any work
+        from ltpaper.distributed import dist_timeout, torchrun_env
+        torchrun_env(), dist_timeout()   # leftover or partial torchrun variables: refused, never a silent wait
         if not force:
             _check_out_dir(config)
     except SystemExit as e:   # --help
         return int(e.code or 0)
     except ValueError as e:
         return cli_error('train', e)
+    from ltpaper.distributed import RendezvousError
     from ltpaper.train import NonFiniteLossError, train
     try:
         m = train(config)
@@ -92,10 +96,10 @@ def cli_train(argv: list[str]|None = None) -> int:
         if not str(e) or '\n' in str(e):
             raise
         return cli_error('train', e)
-    except NonFiniteLossError as e:
+    except (NonFiniteLossError, RendezvousError) as e:
         return cli_error('train', e, 1)
     except OSError as e:   # e.g. disk full while writing the checkpoint or metrics.json
-        return cli_error('train', e, 1)
+        return cli_error('train', f"{type(e).__name__}: {e.strerror if e.strerror and e.filename is None else e}", 1)
     import torch.distributed as dist
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else int(os.environ.get('RANK', '0'))
     if rank == 0:
@@ -159,6 +163,8 @@ def _resolve(ns) -> dict:
     "Check the table arguments; ValueError (one line) on the first bad one."
     from ltpaper.pipeline.runs import parse_seeds, plan_jobs
     from ltpaper.pipeline.tables import load_table
+    need(ns.results_root is None or ns.results_root.strip(), f"--results-root {ns.results_root!r} is empty (an unset shell "
+          "variable?); name a folder, or leave the flag out for settings.ini's results root")
     profile = ns.profile or get_settings().default_profile
     need(profile in PROFILES, f"--profile {profile!r}: choose one of {list(PROFILES)}")
     load_table(ns.table)
@@ -228,6 +234,15 @@ def _print_outputs(res: dict):
     print(f"next: {nxt}" + (f"  (figures: open {figures[0]})" if figures else '')
           + (f"; the rendered notebook: jupyter lab {res['rendered']}" if res.get('rendered') else ''))
 
+def _no_torchrun():
+    "`ltpaper reproduce` (and `verify`) start a process per row: torchrun variables would make each row wait for ranks."
+    from ltpaper.distributed import TORCHRUN_VARS, torchrun_env
+    e = torchrun_env()          # partial or inconsistent ones: a ValueError naming them
+    if e is not None and e['world_size'] > 1:
+        raise ValueError(f"torchrun variables are set ({', '.join(k + '=' + os.environ[k] for k in TORCHRUN_VARS if k in os.environ)}): "
+                         "ltpaper reproduce and verify run each row in a process of its own; unset them (leftovers of another run?), "
+                         "or train one run under torchrun with `ltpaper train`")
+
 def cli_reproduce(argv=None) -> int:
     "`ltpaper reproduce TABLE [--profile P] [--rows GLOB] [--seeds 0,1,2] [--device cpu|cuda] [--gpus 0,1] [--jobs N] ...`"
     try:
@@ -236,6 +251,7 @@ def cli_reproduce(argv=None) -> int:
         gpus = parse_gpus(ns.gpus) if ns.gpus is not None else None
         device = _check_launch(ns, gpus)
         if not ns.dry_run: _check_data(r['jobs'], ns.force)   # every dataset in place before the first papermill start
+        _no_torchrun()
     except SystemExit as e:   # --help
         return int(e.code or 0)
     except (ValueError, FileNotFoundError, ImportError) as e:
@@ -243,8 +259,15 @@ def cli_reproduce(argv=None) -> int:
     if ns.dry_run:
         return _dry_run(r['jobs'], gpus, ns.force)
     from ltpaper.pipeline.reproduce import reproduce
-    res = reproduce(ns.table, r['profile'], ns.rows, r['seeds'], device, gpus, ns.launcher, ns.force, ns.results_root,
-                    render_outputs=not ns.no_render, n_jobs=ns.jobs, refresh_numerics=ns.refresh_numerics)
+    try:
+        res = reproduce(ns.table, r['profile'], ns.rows, r['seeds'], device, gpus, ns.launcher, ns.force, ns.results_root,
+                        render_outputs=not ns.no_render, n_jobs=ns.jobs,
+                        refresh_numerics=ns.refresh_numerics)
+    except KeyboardInterrupt as e:    # Ctrl-C, or SIGTERM / SIGHUP (`Terminated`): every row's clean-up has run
+        sig = getattr(e, 'signum', signal.SIGINT)
+        print(f"ltpaper reproduce: stopped by {signal.Signals(sig).name}; the rows it was running were put back as they were "
+              "(a forced row's previous result included), finished rows are kept; rerun to go on", file=sys.stderr)
+        return 128 + sig              # the shell's code of a death by that signal
     done = sum(x['state'] == 'done' for x in res['ran'])
     print(f"{ns.table}: {done} run(s) finished, {len(res['skipped'])} skipped (done), {len(res['failed'])} failed"
           + (f"; rendered {res['rendered']}" if res['rendered'] else ''), flush=True)
@@ -286,9 +309,11 @@ def cli_fetch(argv=None) -> int:
     "`ltpaper fetch NAME [--root DIR] [--no-download]`: make the dataset available and print where it is."
     try:
         a = fetch_parser().parse_args(argv)
+        need(a.root is None or a.root.strip(), f"--root {a.root!r} is empty; name a folder, or leave the flag out for settings.ini's")
+        get_settings()
     except SystemExit as e:   # --help
         return int(e.code or 0)
-    except ArgError as e:
+    except (ArgError, ValueError) as e:
         return cli_error('fetch', e)
     from ltpaper.data.datasets import fetch_verified
     try:
@@ -319,6 +344,7 @@ def cli_verify(argv=None) -> int:
         r = _resolve(ns)
         need(ns.sample is None or ns.sample >= 1, f"--sample {ns.sample}: give a number of runs >= 1")
         need(1 <= ns.jobs <= 64, f"--jobs {ns.jobs}: give the number of runs at once, 1 to 64")
+        _no_torchrun()            # its reruns would wait for ranks that never come
     except SystemExit as e:   # --help
         return int(e.code or 0)
     except (ValueError, FileNotFoundError, ImportError) as e:

@@ -140,7 +140,9 @@ def _range_checks(c: TrainConfig) -> list:
             ('limit_train', c.limit_train >= 0, "must be >= 0 (0 = no limit)"),
             ('limit_test', c.limit_test >= 0, "must be >= 0 (0 = no limit)"),
             ('threads', c.threads >= 0, "must be >= 0 (0 = torch's default)"),
-            ('step', c.step in STEP_MODES, f"use one of {', '.join(STEP_MODES)}")]
+            ('step', c.step in STEP_MODES, f"use one of {', '.join(STEP_MODES)}"),
+            ('out_dir', c.out_dir is None or c.out_dir.strip(), "is empty; name a folder, or leave it out (None) for the default"),
+            ('data_root', c.data_root is None or c.data_root.strip(), "is empty; name a folder, or leave it out (None) for settings.ini's")]
 
 def _check_loss_params(c: TrainConfig):
     from ltpaper.losses import build_loss

@@ -6,26 +6,44 @@
 __all__ = ['atomic_write']
 
 # %% ../nbs/00h_files.ipynb #cb4531b4
-import os, tempfile
+import errno, os, tempfile
 from pathlib import Path
 
 # %% ../nbs/00h_files.ipynb #0efb58ae
+class _Recorded:
+    "A file whose writes keep the first OSError they raised: torch.save turns it into a RuntimeError that names no file."
+    def __init__(self, f): self.f, self.error = f, None
+    def write(self, b):
+        try: return self.f.write(b)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+    def flush(self): return self.f.flush()
+
+def _write_error(path, e) -> OSError:
+    "The one-line OSError of a write to `path` that failed with `e` (a full disk says so, naming the file)."
+    if e.errno == errno.ENOSPC: return OSError(e.errno, f"no space left on device while writing {path}")
+    return OSError(e.errno, f"could not write {path}: {e.strerror or e}")
+
 def atomic_write(path,  # the file to write; its folder is created
                  data): # bytes, a str (written as UTF-8), or a function that writes into the open binary file
     "Write `path` atomically: a temp file in its folder, written, flushed and fsynced, mode 0644, then `os.replace`."
-    path, tmp = Path(path), None
+    path, tmp, rec = Path(path), None, None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
         with os.fdopen(fd, 'wb') as f:
-            os.fchmod(f.fileno(), 0o644)
-            if callable(data): data(f)
-            else: f.write(data.encode() if isinstance(data, str) else data)
+            os.fchmod(fd, 0o644)
+            rec = _Recorded(f)
+            if callable(data): data(rec)
+            else: rec.write(data.encode() if isinstance(data, str) else data)
             f.flush()
-            os.fsync(f.fileno())      # the bytes are on disk before the name points at them
+            os.fsync(fd)             # the bytes are on disk before the name points at them
         os.replace(tmp, path)
     except BaseException as e:
         if tmp is not None: Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError):    # e.g. a full disk: one line naming the file (the errno's subclass is kept)
-            raise OSError(e.errno, f"could not write {path}: {e.strerror or e}") from None
+            raise _write_error(path, e) from None
+        if isinstance(e, RuntimeError) and rec is not None and rec.error is not None:   # torch.save's "unexpected pos"
+            raise _write_error(path, rec.error) from None
         raise

@@ -119,7 +119,7 @@ def fingerprint() -> dict:
     return dict(pinned=why is None, why_not_pinned=why, capability=cap,
                 pins={k: os.environ[k] for k in PINS if k in os.environ}, **_library_versions(),
                 arch=info['arch'], vendor=info['vendor'], model=info['model'], avx512='avx512f' in info['flags'],
-                threads=torch.get_num_threads(), torch=torch.__version__, torch_git=(torch.version.git_version or '')[:12])
+                threads=torch.get_num_threads(), torch=str(torch.__version__), torch_git=(torch.version.git_version or '')[:12])
 
 _DECIDES = ('pinned', 'capability', 'pins', 'mkl', 'onednn', 'arch', 'threads', 'torch', 'torch_git')
 _PROCESSOR = ('vendor', 'model', 'avx512')      # decide the bits only when the kernels are the processor's own

@@ -6,7 +6,7 @@
 __all__ = ['PROFILES', 'ENV_NAMES', 'Settings', 'find_settings_file', 'get_settings', 'resolve_device']
 
 # %% ../nbs/00a_settings.ipynb #cbfc2522
-import configparser, os
+import configparser, os, re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +32,8 @@ class Settings:
 def find_settings_file(start=None) -> Path|None:
     "The settings.ini in force: `$LTPAPER_SETTINGS`, else `start` (default cwd) or a parent, else the project root."
     env = os.environ.get('LTPAPER_SETTINGS')
+    if env is not None and not env.strip():   # an unset shell variable: never a silent fall-back to another file
+        raise ValueError("LTPAPER_SETTINGS is set but empty; unset it or point it at a settings.ini")
     if env:
         p = Path(env)
         if not p.is_file(): raise FileNotFoundError(f"LTPAPER_SETTINGS={env} does not name a file; unset it or point it at a settings.ini")
@@ -58,17 +60,29 @@ ENV_NAMES = dict(data_root='LTPAPER_DATA_ROOT', results_root='LTPAPER_RESULTS_RO
                  default_device='LTPAPER_DEVICE')
 
 def _env_overrides(vals):
-    "Replace each value that has its `ENV_NAMES` environment variable set by that variable's value."
+    "Replace each value that has its `ENV_NAMES` environment variable set by that variable's value; an empty one is refused."
     for k, var in ENV_NAMES.items():
-        if var in os.environ: vals[k] = os.environ[var]
+        if var not in os.environ: continue
+        # set but empty (an unset shell variable, `VAR= cmd`): never read as "not named" or as the settings.ini folder
+        if not os.environ[var].strip(): raise ValueError(f"{var} is set but empty; unset it, or give it a value")
+        vals[k] = os.environ[var]
     return vals
 
+_NEEDED_ROOTS = ('data_root', 'results_root', 'configs_root')   # the tables and figures roots may be left empty (not named)
+
+def _where(key, vals, path) -> str:
+    "Where a value came from, for a message: its environment variable or the settings file."
+    var = ENV_NAMES[key]
+    return f"{var}={vals[key]!r} (environment variable)" if var in os.environ else f"{key}={vals[key]!r} in {path}"
+
 def _check_values(vals, path):
-    "Refuse an unknown default profile or device, naming the file."
+    "Refuse an empty root, an unknown default profile or device, naming the variable or the file it came from."
+    for k in _NEEDED_ROOTS:
+        if not str(vals[k]).strip(): raise ValueError(f"{k} is empty in {path}; give a folder, or delete the line for the default")
     if vals['default_profile'] not in PROFILES:
-        raise ValueError(f"default_profile={vals['default_profile']!r} in {path}: choose one of {PROFILES}")
-    if vals['default_device'] not in ('auto', 'cpu') and not vals['default_device'].startswith('cuda'):
-        raise ValueError(f"default_device={vals['default_device']!r} in {path}: use auto, cpu or cuda[:N]")
+        raise ValueError(f"{_where('default_profile', vals, path)}: choose one of {PROFILES}")
+    if not re.fullmatch(r'auto|cpu|cuda(:\d+)?', vals['default_device']):
+        raise ValueError(f"{_where('default_device', vals, path)}: use auto, cpu, cuda or cuda:N")
 
 # %% ../nbs/00a_settings.ipynb #7d6cfc4a
 def get_settings(path=None) -> Settings:

@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 from ..distributed import all_reduce_sum
-from .base import LTLoss, check_num
+from .base import LTLoss, check_num, check_size
 from .binning import class_bincount
 from .ours import margin_logits
 
@@ -105,6 +105,7 @@ class GHMLoss(LTLoss):
         super().__init__(class_counts)
         check_num('ghm', 'bins', bins, 1, integer=True)
         check_num('ghm', 'momentum', momentum, 0, 1, hi_open=True)
+        check_size('ghm', f"bins={bins}", bins, 4 * bins, 'bin counts')        # bounded before the buffer is allocated
         self.bins, self.momentum = bins, momentum
         self.register_buffer('acc_sum', torch.zeros(bins))
     def forward(self, logits, target, index=None):

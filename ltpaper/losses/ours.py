@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from .binning import ESTIMATORS, fine_cell, density_weights
 from ..distributed import all_gather_cat
-from .base import LTLoss, check_hparam, check_num
+from .base import LTLoss, check_hparam, check_num, check_size
 
 # %% ../../nbs/losses/03_ours.ipynb #0a0d42a4
 class _AddMargins(torch.autograd.Function):
@@ -79,9 +79,26 @@ class OursLoss(LTLoss):
         self.tau = aura_tau
         self.normalization = 'decoupled'    # weights average 1 inside each category
         self.n_cells = bins * 2 ** self.depth
-        self.estimator = ESTIMATORS[estimator](self.class_counts, self.n_cells, momentum=momentum)
+        self.estimator = self._make_estimator(estimator, momentum) if use_intra else None   # R alone keeps no histograms
         self.register_buffer('log_counts', self.counts1.log(), persistent=False)   # log S_c of the margins, once
         self.last_weights = self.last_g = None
+
+    def _make_estimator(self, estimator, momentum):
+        "The per-category histograms of A, their memory estimated and bounded before anything is allocated."
+        C = self.num_classes
+        slots = {'window': float(self.class_counts.clamp(min=1).double().sum()),     # one slot (two int64) per sample
+                 'bank': float(self.class_counts.double().sum())}.get(estimator, 0.0)
+        blocks = estimator in ('window', 'bank')                 # running block masses beside the histogram
+        nbytes = 4 * C * self.n_cells * (1 + blocks) + (16 * (slots + 1) if blocks else 0)
+        what = (f"bins={self.bins}" + (f" with aura_depth {self.depth}" if self.depth else '') + f" ({self.n_cells:,} cells per class), "
+                f"{C:,} classes, estimator {estimator!r}" + (f" ({slots:,.0f} sample slots)" if blocks else ''))
+        check_size('ours', what, self.n_cells, nbytes)
+        return ESTIMATORS[estimator](self.class_counts, self.n_cells, momentum=momentum)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if self.estimator is None:   # R alone: a checkpoint written before it kept no histograms still loads (they go)
+            for k in [k for k in state_dict if k.startswith(prefix + 'estimator.')]: del state_dict[k]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _check_paper_hparams(self, gamma, bins, binning, binnings, estimator, momentum, aura_depth, aura_tau):
         name = 'ours'

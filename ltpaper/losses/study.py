@@ -38,6 +38,8 @@ class OursStudyLoss(OursLoss):
         nn_init = binning if binning in OURS_BINNINGS else 'ura'          # the paper's checks; 'power' is base bins
         super().__init__(class_counts, gamma, bins, use_margin, use_intra, nn_init, aura_tau, aura_depth, estimator, momentum)
         self._check_study_hparams(binning, normalization, g_mode, margin_source, clamp, temper, mix, intra_start, power_kappa)
+        if self.estimator is None and margin_source in ('density_sample', 'density_hist'):   # the density margins read them
+            self.estimator = self._make_estimator(estimator, momentum)
         self.binning, self.normalization, self.g_mode, self.power_kappa = binning, normalization, g_mode, power_kappa
         self.clamp, self.temper, self.mix, self.intra_start = clamp, temper, mix, intra_start
         self.margin_source, self.kappa, self.beta = margin_source, kappa, beta

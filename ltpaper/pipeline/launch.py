@@ -6,22 +6,26 @@
 __all__ = ['execute_jobs']
 
 # %% ../../nbs/pipeline/03_launch.ipynb #1d219ba7
-import json, os, sys, time
+import json, os, signal, sys, time
 from datetime import datetime, timezone
 from pathlib import Path
 
 from ..files import atomic_write
-from .runs import kernel_env, one_line, run_job
+from .runs import kernel_env, one_line, raise_on_stop_signals, run_job
 
 # %% ../../nbs/pipeline/03_launch.ipynb #ff37e03a
-def _exit_with_parent(ppid, period=1.0):
-    "A worker whose `ltpaper reproduce` died (SIGTERM/SIGKILL) exits too; its kernel follows (ipykernel polls its parent)."
+def _exit_with_parent(ppid, period=1.0, grace=30.0):
+    "A worker whose `ltpaper reproduce` died (SIGKILL) stops too: SIGTERM to itself (its row is put back), then exits."
     while True:
         time.sleep(period)
-        if os.getppid() != ppid: os._exit(1)
+        if os.getppid() != ppid:
+            os.kill(os.getpid(), signal.SIGTERM)   # `Terminated` in the worker's main thread: run_job's clean-up runs
+            time.sleep(grace)
+            os._exit(1)                             # its kernel follows (ipykernel polls its parent)
 
 def _gpu_worker_init(gpu, parent=None):
     if gpu is not None: os.environ['CUDA_VISIBLE_DEVICES'] = str(gpu)   # None: a CPU slot (--jobs)
+    raise_on_stop_signals()       # SIGTERM, SIGHUP: the row's clean-up runs, as in the sequential path
     if parent is not None:        # the parent's pid comes from the parent: it may die before this runs
         if os.getppid() != parent: os._exit(1)
         import threading
@@ -43,22 +47,35 @@ def _run_one(job) -> dict:
     except Exception as ex: return _failed(job, f"ltpaper could not run it: {one_line(ex)}")
 
 # %% ../../nbs/pipeline/03_launch.ipynb #f685c988
+def _stop_workers(pools):
+    "SIGTERM to every worker process (each puts its row back, as the sequential path does), then let the pools go."
+    for pool in list(pools):
+        for p in list((getattr(pool, '_processes', None) or {}).values()):     # the executor's worker processes
+            if p.is_alive(): p.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+
 def _run_on_gpus(jobs, gpus, bar) -> list:
     import concurrent.futures as cf, multiprocessing as mp, queue, threading
-    q, results, lock = queue.Queue(), [], threading.Lock()
+    q, results, lock, pools, stopping = queue.Queue(), [], threading.Lock(), set(), threading.Event()
     for j in jobs: q.put(j)
     ctx = mp.get_context('spawn')
-    def worker(gpu):
+    def new_pool(gpu):
         pool = cf.ProcessPoolExecutor(1, mp_context=ctx, initializer=_gpu_worker_init, initargs=(gpu, os.getpid()))
+        pools.add(pool)
+        return pool
+    def worker(gpu):
+        pool = new_pool(gpu)
         try:
             while True:
                 try: j = q.get_nowait()
                 except queue.Empty: return
                 try: res = pool.submit(run_job, j).result()
                 except Exception as ex:   # the worker process died: record it, start a fresh one
+                    if stopping.is_set(): return            # stopped by SIGTERM/SIGHUP/Ctrl-C: the worker put its row back
                     res = _failed(j, f"worker for {'GPU ' + str(gpu) if gpu is not None else 'a CPU slot'} crashed: {one_line(ex)}")
                     pool.shutdown(cancel_futures=True)
-                    pool = cf.ProcessPoolExecutor(1, mp_context=ctx, initializer=_gpu_worker_init, initargs=(gpu, os.getpid()))
+                    pools.discard(pool)
+                    pool = new_pool(gpu)
                 res['gpu'] = gpu
                 with lock:
                     results.append(res)
@@ -67,7 +84,12 @@ def _run_on_gpus(jobs, gpus, bar) -> list:
         finally: pool.shutdown()
     threads = [threading.Thread(target=worker, args=(g,), daemon=True) for g in gpus]
     for t in threads: t.start()
-    for t in threads: t.join()
+    try:
+        for t in threads: t.join()
+    except BaseException:           # Terminated / KeyboardInterrupt in this (main) thread: the workers stop and clean up
+        stopping.set()
+        _stop_workers(pools)
+        raise
     return results
 
 def _run_on_slurm(jobs, folder, slurm, bar) -> list:

@@ -77,7 +77,7 @@ def keep_final_state(table: str, row: str, seed: int = 0, profile: str = 'cpu', 
     done = (Path(job.out_dir)/'metrics.json').exists()
     diffs = compare_records(read_metrics(Path(job.out_dir)/'metrics.json'), rec) if done else ['nothing committed']
     out = dict(config=job.config, config_hash=job.config_hash, row=row, seed=seed, model=ck['model'], loss=ck['loss'],
-               equals_committed=not diffs, numerics=rec['provenance'].get('numerics'))
+               equals_committed=not diffs, numerics=json.loads(json.dumps(rec['provenance'].get('numerics'))))
     path = state_path(row, seed, root)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: torch.save(out, f))

@@ -10,7 +10,8 @@ import dataclasses
 from pathlib import Path
 
 from .launch import execute_jobs
-from .runs import ipc_kernel_manager, kernel_env, one_line, job_state, output_roots, paper_notebook, plan_jobs, read_metrics
+from .runs import (ipc_kernel_manager, kernel_env, one_line, job_state, output_roots, paper_notebook, plan_jobs,
+                          read_metrics, stop_signals_raise)
 from ..settings import get_settings
 from .tables import load_table
 
@@ -79,19 +80,23 @@ def reproduce(table, profile=None, rows=None, seeds=None, device=None, gpus=None
     log(f"{table} (profile {profile}): {len(jobs)} run(s), {len(skipped)} already done, {len(todo)} to run"
         + where + via + f"; results in {roots['results']}")
     slurm = (spec['profiles'][profile] or {}).get('slurm')
-    results = []
-    if todo:
-        results = execute_jobs(todo, gpus, launcher, slurm, roots['results']/'submitit', progress, desc=table, n_jobs=n_jobs)
-    results = _account(todo, results)
-    failed = [r for r in results if r['state'] != 'done']
-    rendered, written = None, []
-    if render_outputs:
-        before = _snapshot(roots)
-        try:
-            rendered = render(table, profile, results_root, seeds)
-            written = _written(before, roots)
-        except Exception as ex:
-            failed.append(dict(table=table, row='(render)', seed=None, state='failed', error=one_line(ex),
-                               executed=str(roots['results']/'executed'/'paper'/f'{table}.ipynb')))
+    with stop_signals_raise():      # SIGTERM, SIGHUP: as Ctrl-C, every row's clean-up runs (a forced row's result put back)
+        results = []
+        if todo:
+            results = execute_jobs(todo, gpus, launcher, slurm, roots['results']/'submitit', progress, desc=table, n_jobs=n_jobs)
+        results = _account(todo, results)
+        by_key = {(j.table, j.row, j.seed): j for j in todo}     # rows another process finished while this one waited
+        skipped += [by_key[(r['table'], r['row'], r['seed'])] for r in results if r['state'] == 'skipped']
+        results = [r for r in results if r['state'] != 'skipped']
+        failed = [r for r in results if r['state'] != 'done']
+        rendered, written = None, []
+        if render_outputs:
+            before = _snapshot(roots)
+            try:
+                rendered = render(table, profile, results_root, seeds)
+                written = _written(before, roots)
+            except Exception as ex:
+                failed.append(dict(table=table, row='(render)', seed=None, state='failed', error=one_line(ex),
+                                   executed=str(roots['results']/'executed'/'paper'/f'{table}.ipynb')))
     return dict(table=table, profile=profile, jobs=jobs, ran=results, skipped=skipped, failed=failed, rendered=rendered,
                 written=written, roots=roots)

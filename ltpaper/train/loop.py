@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..files import atomic_write
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, state_dict_problem
 from ..config import TrainConfig, config_hash
 from ..data import class_groups
 from ..distributed import dist_context, distributed, gather_objects
@@ -219,9 +219,11 @@ def _resume(self: Run):
     if ck['config_hash'] != self.h:
         raise ValueError(f"{self.ckpt_path} was written by another config (hash {ck['config_hash']} != {self.h}); "
                          "use a new out_dir or resume=False")
-    self.model.load_state_dict(ck['model'])
-    self.opt.load_state_dict(ck['optimizer'])
-    self.loss_fn.load_state_dict(ck['loss'])
+    for key, part in (('model', self.model), ('optimizer', self.opt), ('loss', self.loss_fn)):   # contents checked by load_checkpoint
+        try: part.load_state_dict(ck[key])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+            raise ValueError(f"{self.ckpt_path}: its {key} state does not fit this run ({state_dict_problem(e)}); delete it, or "
+                             "rerun without resume (`ltpaper reproduce --force`)") from None
     self.st.update({k: ck[k] for k in self.st})
     rngs = ck['rng']
     if len(rngs) == self.world:
