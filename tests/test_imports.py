@@ -4,7 +4,7 @@ imports it (the loss registry imports the loss modules; no loss module imports t
 points down the house that docs/contributing.md draws (LAYERS) or stays inside its package. What one module
 takes from another is public: a private name (`from ltpaper.x import _y`, relative or not, inside functions too) may
 cross a module boundary only when it is listed in PRIVATE_IMPORTS below with its reason, and at most 5 may."""
-import ast, pkgutil, subprocess, sys
+import ast, json, os, pkgutil, re, shutil, subprocess, sys
 from pathlib import Path
 import pytest
 
@@ -15,10 +15,49 @@ MODULES = sorted(m.name.removeprefix('ltpaper.') for m in pkgutil.walk_packages(
 def test_modules_found():
     assert {'losses', 'losses.binning', 'data.readers', 'train.loop', 'pipeline.runs', 'settings'} <= set(MODULES)
 
-@pytest.mark.parametrize('mod', MODULES)
-def test_fresh_import(mod):
-    r = subprocess.run([sys.executable, '-c', f'import ltpaper.{mod}'], cwd=ROOT, capture_output=True, text=True, timeout=120)
+# One interpreter imports the heavy third-party libraries once (none of ltpaper), then forks one child per module, which
+# imports that module first: a name a module uses without importing it fails there as it would in a new interpreter
+# (module globals are per module; a library already in sys.modules does not bind a name), at a tenth of the cost of
+# 39 interpreters that each import torch.
+FORK_IMPORTS = """
+import importlib, json, os, sys, traceback
+for lib in ('torch', 'torchvision', 'numpy', 'pandas', 'matplotlib.pyplot', 'yaml'):
+    try: importlib.import_module(lib)
+    except ImportError: pass
+assert not [m for m in sys.modules if m.split('.')[0] == 'ltpaper'], 'the server imported ltpaper itself'
+failed = {}
+for mod in sys.argv[1:]:
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try: importlib.import_module('ltpaper.' + mod); code = 0
+        except BaseException: os.write(w, traceback.format_exc()[-2000:].encode()); code = 1
+        os._exit(code)
+    os.close(w)
+    with os.fdopen(r) as f: err = f.read()
+    if os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0: failed[mod] = err or 'the child died'
+print(json.dumps(failed))
+"""
+
+def fresh_imports(mods) -> dict:
+    "{module: traceback} of the modules that fail to import first in a fresh process (empty: all import)."
+    r = subprocess.run([sys.executable, '-c', FORK_IMPORTS, *mods], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout.splitlines()[-1])
+
+def test_fresh_import_of_every_module():
+    assert fresh_imports(MODULES) == {}
+
+def test_fresh_import_catches_a_missing_import(tmp_path):
+    "A module that uses a name it never imported (torch is already loaded in the server) fails, named; the others pass."
+    pkg = tmp_path/'ltpaper'
+    shutil.copytree(ROOT/'ltpaper', pkg, ignore=shutil.ignore_patterns('__pycache__'))
+    (pkg/'planted.py').write_text('x = torch.zeros(1)\n')
+    r = subprocess.run([sys.executable, '-c', FORK_IMPORTS, 'planted', 'settings'], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300, env={**os.environ, 'PYTHONPATH': str(tmp_path)})
+    failed = json.loads(r.stdout.splitlines()[-1])
+    assert list(failed) == ['planted'] and "NameError: name 'torch' is not defined" in failed['planted'], r.stdout + r.stderr
 
 
 # ------------------------------------------------------------------------------------------ the import graph
@@ -136,3 +175,51 @@ def test_the_checks_bite(tmp_path):
     assert find_cycle(graph) == ['ltpaper.losses', 'ltpaper.losses.registry', 'ltpaper.losses.study', 'ltpaper.losses']
     assert private == [('ltpaper.losses.study', 'ltpaper.losses.base', '_check')]
     assert pointing_up(graph) == [('ltpaper.losses.base', 'ltpaper.pipeline.runs')]
+
+
+# ------------------------------------------------------------------------------------------ torch's private API
+# Every name ltpaper takes from torch's private API, where and why. A torch that renames or drops one fails here, by
+# name, before a compiled run or train_many fails obscurely; a new use must be listed (with its reason) to pass.
+TORCH_INTERNALS = {
+    'torch._dynamo.mark_static_address': (['ltpaper/train/step.py'], "the compiled step's counters, learning rate and "
+                                          "optimizer state keep their addresses (no recompile, no CUDA-graph copy)"),
+    'torch._dynamo.reset': (['ltpaper/train/step.py'], "a new compiled step starts from empty caches: graphs of earlier "
+                            "runs would count against the recompile limit, a hard error under fullgraph"),
+    'torch._dynamo.config.patch': (['ltpaper/train/many.py', 'ltpaper/train/step.py'], "dynamo traces torch.autograd.grad "
+                                   "into the step's graph; train_many raises the recompile limit for its runs"),
+    'torch._dynamo.config.recompile_limit': (['ltpaper/train/many.py'], 'the limit train_many raises (a graph per loss)'),
+    'torch._foreach_mul_': (['ltpaper/train/step.py'], 'gradient clipping as clip_grad_norm_ does it, in one fused call'),
+    'torch._inductor.cudagraph_trees': (['ltpaper/train/many.py'], "train_many installs each run's own CUDA-graph trees "
+                                        "for its turn (inductor keeps one per thread and device)"),
+}
+
+def torch_internals(root=ROOT/'ltpaper') -> dict:
+    "{private torch name: files using it} read from the source (`torch._x.y` and `from torch._x import y`)."
+    out = {}
+    for p in sorted(root.rglob('*.py')):
+        if p.name == '_modidx.py': continue
+        text = p.read_text()
+        names = {f'{m[1]}.{m[2]}' for m in re.finditer(r'from (torch(?:\.\w+)*\._\w+(?:\.\w+)*) import (\w+)', text)}
+        names |= {m[0] for m in re.finditer(r"(?<!from )\btorch\._[a-z][\w.]*\w", text)}
+        for n in names: out.setdefault(n, set()).add(p.relative_to(root.parent).as_posix())
+    return out
+
+def test_torch_internals_are_listed_with_their_reason():
+    assert {n: sorted(f) for n, f in torch_internals().items()} == {n: f for n, (f, _) in TORCH_INTERNALS.items()}
+
+def test_torch_internals_exist_in_this_torch():
+    import importlib, torch
+    from torch._inductor import cudagraph_trees as cgt
+    for name in TORCH_INTERNALS:
+        try: obj = importlib.import_module(name)
+        except ImportError:
+            mod, attr = name.rsplit('.', 1)
+            obj = getattr(importlib.import_module(mod), attr, None)
+        if name.endswith('recompile_limit'): assert isinstance(obj, int), f'{name} is {obj!r}'
+        assert obj is not None, f'torch {torch.__version__} has no {name} ({TORCH_INTERNALS[name][1]})'
+    assert isinstance(cgt.get_obj(cgt.local, 'tree_manager_containers'), dict)   # the dict train_many swaps
+
+def test_torch_internals_check_bites(tmp_path):
+    (tmp_path/'m.py').write_text('import torch\nfrom torch._C import _get_tracing_state\ntorch._assert(True, "")\n')
+    assert torch_internals(tmp_path) == {'torch._C._get_tracing_state': {f'{tmp_path.name}/m.py'},
+                                         'torch._assert': {f'{tmp_path.name}/m.py'}}
