@@ -72,6 +72,12 @@ def _plant(text: str, start: int) -> str:
     return text[:i] + str((int(text[i]) + 1) % 10) + text[i + 1:]
 
 
+def committed_cell(rel: str, first: str, col: int, root=ROOT) -> str:
+    "The mean ± std figure of a committed table's row starting with `first`, in column `col` (cells from 0)."
+    row = next(l for l in (root/rel).read_text().splitlines() if l.startswith(f'| {first} |'))
+    return PM.search(row.strip('|').split('|')[col]).group(0)
+
+
 def test_a_planted_wrong_digit_fails():
     readme = (ROOT/'README.md').read_text()
     committed = committed_text()
@@ -79,10 +85,11 @@ def test_a_planted_wrong_digit_fails():
     planted = _plant(readme, readme.index('<!-- begin:headline -->'))
     assert planted != readme and R.stale_blocks(planted) == ['headline']
     # outside any block: a figure typed into the prose is in no committed table
-    typed = readme + '\nSeesaw scores 82.43 ± 0.20 at IF 100.\n'
+    fig = committed_cell('tables/fmnist_lt.md', 'Seesaw', 3)                # Seesaw at IF 100, as committed
+    typed = readme + f'\nSeesaw scores {fig} at IF 100.\n'
     assert unbacked(typed, committed) == []                            # a true figure copied from a table passes ...
     wrong = _plant(typed, len(readme))
-    assert unbacked(wrong, committed) == ['92.43 ± 0.20']               # ... a wrong digit does not
+    assert unbacked(wrong, committed) == [str((int(fig[0]) + 1) % 10) + fig[1:]]   # ... a wrong digit does not
     assert unbacked(readme + '\nthe rarest quartile reaches 88.8 %\n', committed) == ['88.8 %']
 
 
@@ -95,10 +102,13 @@ def test_a_changed_committed_table_makes_the_page_stale(tmp_path):
     readme = (ROOT/'README.md').read_text()
     assert R.stale_blocks(readme, tmp_path) == []
     t = tmp_path/'tables'/'fmnist_lt_budget.md'
-    t.write_text(t.read_text().replace('-18.21 ± 2.03 reversed', '-18.31 ± 2.03 reversed'))
+    fig = next(f for f in PM.findall(next(l for l in t.read_text().splitlines() if '| ours − Seesaw |' in l)))  # IF 100, cpu
+    changed = fig[:-1] + str((int(fig[-1]) + 1) % 10)
+    t.write_text(t.read_text().replace(f'{fig} reversed', f'{changed} reversed', 1))
     assert R.stale_blocks(readme, tmp_path) == ['verdict']
     t = tmp_path/'tables'/'fmnist_lt.md'
-    t.write_text(t.read_text().replace('82.43 ± 0.20', '82.48 ± 0.20'))
+    fig = committed_cell('tables/fmnist_lt.md', 'Seesaw', 3, tmp_path)
+    t.write_text(t.read_text().replace(fig, fig[:4] + str((int(fig[4]) + 1) % 10) + fig[5:]))
     assert R.stale_blocks(readme, tmp_path) == ['verdict', 'headline']
 
 

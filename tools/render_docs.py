@@ -8,6 +8,9 @@ rewritten from committed files only; the text around it is left as written. Kind
   table PATH N              the N-th pipe table of that file, with the paragraph right above it
   headline                  the CPU table (tables/fmnist_lt.md) without its orientation lines
   verdict                   one sentence: the paper's claims at every training budget (tables/fmnist_lt_budget.md)
+  readings                  a table: each reading of A against Seesaw and R, per imbalance factor, at the shortest
+                            and longest budget measured (tables/fmnist_lt_readings.md)
+  losses                    the names of ltpaper.losses.LOSSES
   runs TABLE PROFILE SEEDS  how many runs `ltpaper reproduce TABLE --profile PROFILE --seeds SEEDS` makes
   run-minutes TABLE PROFILE SEEDS
                             the minutes of training those runs took, summed from their committed metrics.json
@@ -86,20 +89,21 @@ VERDICT_STEPS = [('IF 100', 'ours − Seesaw'), ('IF 100', 'R+A+U − R'), ('IF 
 _WORD = dict(holds='above', reversed='below', tie='level with')
 
 
-def claims(root) -> dict:
-    "{(imbalance factor, step): [(budget, epochs, figure, verdict word)]} of the claims table of tables/fmnist_lt_budget.md."
-    text = _read(root, 'tables/fmnist_lt_budget.md')
-    budgets = [t for t in md_tables(text) if t['header'][0] == 'imbalance factor']
+def claims(root, rel='tables/fmnist_lt_budget.md', by_claim=False) -> dict:
+    """{(imbalance factor, step): [(budget, epochs, figure, verdict word)]} of the claims table of `rel` (the budgets'
+    epochs from tables/fmnist_lt_budget.md); `by_claim`: keyed (claim, imbalance factor) instead."""
+    budget = _read(root, 'tables/fmnist_lt_budget.md')
+    budgets = [t for t in md_tables(budget) if t['header'][0] == 'imbalance factor']
     epochs = {h.split(':')[0]: int(re.search(r'(\d+) ep\.', h).group(1)) for h in budgets[0]['header'][2:]}
-    (t,) = [t for t in md_tables(text) if t['header'][:3] == ['claim', 'imbalance factor', 'step a − b']]
-    out, imb = {}, None
+    (t,) = [t for t in md_tables(_read(root, rel)) if t['header'][:3] == ['claim', 'imbalance factor', 'step a − b']]
+    out, claim, imb = {}, None, None
     for r in t['rows']:
-        imb = r[1] or imb
+        claim, imb = r[0] or claim, r[1] or imb
         cells = []
         for b, c in zip(t['header'][3:], r[3:]):
             m = _VERDICT.match(c)
-            if m: cells.append((b, epochs[b], m['fig'].replace('-', '−'), m['word']))
-        out[(imb, r[2])] = cells
+            if m and b in epochs: cells.append((b, epochs[b], m['fig'].replace('-', '−'), m['word']))
+        out[(claim, imb) if by_claim else (imb, r[2])] = cells
     return out
 
 
@@ -126,6 +130,57 @@ def r_verdict(root):
     listed = ', '.join(parts[:-1]) + ' and ' + parts[-1] if len(parts) > 1 else parts[0]
     return (f'On Fashion-MNIST-LT at IF 100 (test top-1, paired differences over seeds), {every}{listed}'
             + (': ' + ', '.join(so) + '.' if so else '.'))
+
+
+# The readings of the paper's A (tables/fmnist_lt_readings.md, written by the budget notebook), in its order.
+READINGS = [("the paper's", 'ours'), ('tuned', 'ours_tuned'), ('GHM-C per class', 'ours_ghmc'),
+            ('prototype', 'ours_prototype'), ('global histogram', 'ours_global')]
+
+
+def _span(cells) -> str:
+    "A claim's figures at its shortest and longest measured budget, epochs in brackets: '−16.49 ± 1.61 (10) → −9.99 ± 2.34 (100)'."
+    if not cells: return '—'
+    one = lambda c: f"{c[2]} ({c[1]})"
+    return one(cells[0]) if len(cells) == 1 else f"{one(cells[0])} → {one(cells[-1])}"
+
+
+def _words(cells) -> list:
+    "The verdict words at the shortest and longest budget measured (one word when they agree)."
+    ws = [cells[0][3], cells[-1][3]] if cells else []
+    return ws[:1] if len(set(ws)) == 1 else ws
+
+
+def r_readings(root):
+    """Each reading of A in the place of `ours`: its test top-1 minus Seesaw's and minus R's (paired over seeds) at
+    IF 100 and IF 500, at the shortest and longest budget measured, and whether the paper's claim (ours > Seesaw and
+    ours ≥ R) holds at each imbalance factor (tables/fmnist_lt_readings.md)."""
+    cl = claims(root, 'tables/fmnist_lt_readings.md', by_claim=True)
+    lines = ['| reading of A | loss | − Seesaw, IF 100 | − Seesaw, IF 500 | − R, IF 100 | − R, IF 500 | ours > Seesaw and ≥ R |',
+             '|:--|:--|--:|--:|--:|--:|:--|']
+    for name, loss in READINGS:
+        get = lambda rel, f: cl.get((f"{name}: ours {rel}", f"IF {f}"), [])
+        cells, says = [], {}
+        for rel in ('> Seesaw', '≥ R'):
+            for f in (100, 500):
+                c = get(rel, f)
+                cells.append(_span(c))
+        for f in (100, 500):
+            sw, rw = _words(get('> Seesaw', f)), _words(get('≥ R', f))
+            if not sw or not rw: continue
+            says[f] = ('fails' if 'reversed' in sw + rw else 'holds' if set(sw) == {'holds'} else 'tie')
+        by = {}
+        for f, w in says.items(): by.setdefault(w, []).append(f'IF {f}')
+        verdict = ('not measured' if not says else next(iter(by)) if len(by) == 1
+                   else ', '.join(f"{w} at {' and '.join(fs)}" for w, fs in by.items()))
+        lines.append(f"| {name} | `{loss}` | " + ' | '.join(cells) + f" | {verdict} |")
+    return '\n'.join(lines)
+
+
+def r_losses(root):
+    "The names in ltpaper.losses.LOSSES, in the registry's order."
+    sys.path.insert(0, str(ROOT))
+    from ltpaper.losses import LOSSES
+    return ', '.join(f'`{n}`' for n in LOSSES)
 
 
 def _jobs(table, profile, seeds):
@@ -161,8 +216,8 @@ def r_runs_table(root, table, profile):
     return '\n'.join(lines) if len(lines) > 2 else 'No run of this profile is committed.'
 
 
-RENDERERS = {'file': r_file, 'table': r_table, 'headline': r_headline, 'verdict': r_verdict, 'runs': r_runs, 'run-minutes': r_run_minutes,
-             'runs-table': r_runs_table}
+RENDERERS = {'file': r_file, 'table': r_table, 'headline': r_headline, 'verdict': r_verdict, 'readings': r_readings,
+             'losses': r_losses, 'runs': r_runs, 'run-minutes': r_run_minutes, 'runs-table': r_runs_table}
 
 
 # ---------------------------------------------------------------- rewriting the blocks

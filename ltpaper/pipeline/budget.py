@@ -120,11 +120,11 @@ def paired_differences(table='fmnist_lt', profiles=BUDGET_PROFILES, results_root
     "Per budget, claim, imbalance factor and step a − b: mean ± std of the per-seed test top-1 difference, and its reading."
     import pandas as pd
     spec, out = load_table(table), []
+    profiles = [p for p in profiles if p in spec['profiles']]
+    label = {r.method: r.label for p in profiles for r in expand_table(table, p)}   # a method's label, whichever budget has it
     for p in profiles:
-        if p not in spec['profiles']: continue
         res = open_results(table, p, results_root=(results_roots or {}).get(p))
         acc = {(x['method'], int(x['imbalance_factor']), x['seed']): x['metrics']['last']['top1'] for x in res.runs}
-        label = {r.method: r.label for r in expand_table(table, p)}
         for claim, steps, ifs in claims:
             for f in ifs:
                 for a, b in steps:
