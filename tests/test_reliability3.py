@@ -254,7 +254,8 @@ def _start_forced(tmp_path, ignore_hup=False):
     rr = tmp_path/'r'
     before = {j.row: fake_metrics(j) and (Path(j.out_dir)/'metrics.json').read_bytes() for j in _jobs(rr)}
     (tmp_path/'driver.py').write_text(DRIVER5)
-    pre = (lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if ignore_hup else None    # as under nohup
+    # SIGHUP ignored as under nohup, or at its default whatever this suite inherited (`nohup make test` ignores it)
+    pre = lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN if ignore_hup else signal.SIG_DFL)
     p = subprocess.Popen([sys.executable, str(tmp_path/'driver.py'), str(tmp_path), str(rr), ROWS], env=env(), cwd=tmp_path,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=pre)
     deadline = time.time() + 120
