@@ -167,7 +167,11 @@ def test_verify_reruns_a_run_with_its_recorded_step(tmp_path):
     ok = subprocess.run(args, capture_output=True, text=True, env=env(), cwd=ROOT, timeout=600)
     assert ok.returncode == 0 and '1 equal' in ok.stdout, ok.stdout + ok.stderr
     eager = train(tr.TrainConfig(**dict(job.config, out_dir=str(tmp_path / 'eager'), progress=False)))
-    assert compare_records(rec, eager)
+    # On the AVX2 kernels (pinned: every x86-64 machine of the last decade, and CI) the eager loop parts from the
+    # compiled step in the last bits, so verify's "equal" above needed the recorded step. ATen's scalar kernels
+    # (ATEN_CPU_CAPABILITY=default) give both the same bits: there the difference cannot be shown, and is not asserted.
+    from ltpaper.numerics import can_pin, numerics_mode
+    if can_pin() and numerics_mode() == 'pinned': assert compare_records(rec, eager)
 
 
 @pytest.mark.slow
