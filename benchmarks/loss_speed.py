@@ -7,7 +7,10 @@ Prints one row per (C, loss): median ms, ratio to cross-entropy (the median over
 cross-entropy step, one loss step, in alternating order, so that load on the machine hits both alike), and (CPU, C=8142)
 the peak resident memory added by one forward+backward relative to cross-entropy's (Linux VmHWM reset through
 /proc/self/clear_refs, each loss in a fresh process with glibc's mmap threshold fixed so freed memory is not reused). Targets (issue): ours (R+A+AU) <= 4x CE at
-C=1000 and <= 2x at C=8142 on CPU; peak memory of ours <= 1.5x CE at C=8142.
+C=1000 and <= 2x at C=8142 on CPU; peak memory of ours <= 1.5x CE at C=8142; later, ours <= 3x CE at C=1000.
+The ratios depend on the kernel set (cross-entropy gains more from AVX-512 than the statistics do): run it as the
+project runs, under the pins (`python -m ltpaper.numerics -- python benchmarks/loss_speed.py`), and with
+LTPAPER_NUMERICS=native for the processor's own kernels; the file records which (`capability`, `pins`).
 """
 import argparse, json, os, platform, socket, statistics, sys, time
 from pathlib import Path
@@ -15,6 +18,7 @@ import torch
 import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ltpaper.losses import build_loss, LOSSES
+from ltpaper.numerics import PINS
 
 def counts_for(C, n_max=1280, IF=100):
     return [max(1, int(n_max * (1 / IF) ** (i / max(C - 1, 1)))) for i in range(C)]
@@ -122,7 +126,8 @@ def _fmt(x): return "" if x is None else f"{x:.2f}"
 def to_markdown(rows, meta):
     load = ''.join(f", load average {' / '.join(f'{x:.1f}' for x in meta[k])} at the {w}"
                    for k, w in (('load_avg_start', 'start'), ('load_avg_end', 'end')) if meta.get(k))
-    lines = [f"Loss forward+backward, B={meta['batch']}, device {meta['device']} ({meta['machine']}, {meta['threads']} thread(s){load}), "
+    kernels = f", ATen kernels {meta['capability']}" if meta.get('capability') else ''
+    lines = [f"Loss forward+backward, B={meta['batch']}, device {meta['device']} ({meta['machine']}{kernels}, {meta['threads']} thread(s){load}), "
              f"median of {meta['repeats']} ({meta.get('clock', 'wall')} clock); ratio = median over interleaved pairs of "
              "time / F.cross_entropy in the same process (x CE), with the quartiles of the per-pair ratios.", '',
              '| C | loss | ms | x CE | x CE quartiles | peak mem x CE |', '|---|---|---|---|---|---|']
@@ -156,6 +161,8 @@ def main(argv=None):
     if a.clock == 'cpu' and a.device != 'cpu': ap.error('--clock cpu measures CPU time: use it with --device cpu')
     rows = bench(classes, a.batch, a.repeats, a.device, names, a.clock)
     meta = dict(batch=a.batch, repeats=a.repeats, clock=a.clock, load_avg_start=load_start, load_avg_end=_loadavg(),
+                capability=torch.backends.cpu.get_cpu_capability() if a.device == 'cpu' else None,
+                pins={k: os.environ.get(k) for k in PINS},          # set by ltpaper.numerics when run under it
                 device=a.device, machine=machine, torch=torch.__version__,
                 threads=torch.get_num_threads(), hostname=socket.gethostname(), date=time.strftime('%Y-%m-%d %H:%M'))
     slug = machine.replace(' ', '_').replace('/', '_')

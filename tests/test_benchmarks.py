@@ -39,6 +39,34 @@ def test_loss_speed_runs_and_writes_ratios(tmp_path):
     assert {'cross_entropy', 'ours', 'seesaw', 'ghm'} <= names and all(row['ratio'] > 0 for row in res['rows'])
     assert out.with_suffix('.md').read_text().count('|') > 20
 
+def test_loss_speed_records_its_kernels(tmp_path):
+    "The ratios depend on the kernel set: the file says which ran (here: whatever this process runs, pinned or not)."
+    out = tmp_path / 'ls.json'
+    r = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'loss_speed.py'), '--classes', '10', '--repeats', '2',
+                        '--losses', 'ours', '--out', str(out)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    meta = json.loads(out.read_text())['meta']
+    import torch
+    assert meta['capability'] == torch.backends.cpu.get_cpu_capability() or os.environ.get('ATEN_CPU_CAPABILITY')
+    assert set(meta['pins']) == {'ATEN_CPU_CAPABILITY', 'ONEDNN_MAX_CPU_ISA', 'MKL_CBWR'}
+    assert f"ATen kernels {meta['capability']}" in out.with_suffix('.md').read_text()
+
+def test_fused_margin_ce_prototype_matches_autograd_within_rounding(tmp_path):
+    "The measured prototype gives `ours`' loss values bit for bit and autograd's gradient to float32 rounding."
+    out = tmp_path / 'fm.json'
+    r = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'fused_margin_ce.py'), '--classes', '10,100', '--repeats', '4',
+                        '--out', str(out)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads(out.read_text())['rows']
+    assert [row['C'] for row in rows] == [10, 100]
+    for row in rows:
+        assert row['same_forward'] is True
+        # one float32 rounding of a gradient element of size <= max|grad|: at most a few ulps of it
+        assert row['max_abs_diff'] <= 4 * 2 ** -23 * row['max_abs_grad'], row
+        assert all(v[0] > 0 for v in row['ratio'].values())
+    lines = out.with_suffix('.md').read_text().splitlines()
+    assert [l.split('|')[1].strip() for l in lines if l.startswith('| 1')] == ['10', '100']
+
 GPR = ROOT / 'benchmarks' / 'gpu_paper_runs.py'
 
 def test_gpu_paper_runs_plans_the_paper_profile_exactly():
