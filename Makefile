@@ -81,7 +81,7 @@ refresh-results: $(STAMP) data
 	for t in $(TABLES); do PATH=$(BIN):$$PATH OMP_NUM_THREADS=1 $(PY) -m ltpaper.cli reproduce $$t --profile $(PROFILE) --force --jobs $(JOBS) || exit $$?; done
 
 bench: $(STAMP)
-	PATH=$(BIN):$$PATH $(PY) benchmarks/run_all.py
+	$(PINNED) $(PY) benchmarks/run_all.py
 
 clean-nbs: $(STAMP)
 	$(BIN)/nbdev-export && $(BIN)/nbdev-clean
