@@ -665,6 +665,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                       'ltpaper/pipeline/reproduce.py'),
                                             'ltpaper.pipeline.reproduce._written': ( 'pipeline/reproduce.html#_written',
                                                                                      'ltpaper/pipeline/reproduce.py'),
+                                            'ltpaper.pipeline.reproduce.plan_state': ( 'pipeline/reproduce.html#plan_state',
+                                                                                       'ltpaper/pipeline/reproduce.py'),
                                             'ltpaper.pipeline.reproduce.render': ( 'pipeline/reproduce.html#render',
                                                                                    'ltpaper/pipeline/reproduce.py'),
                                             'ltpaper.pipeline.reproduce.reproduce': ( 'pipeline/reproduce.html#reproduce',

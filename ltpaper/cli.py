@@ -211,12 +211,14 @@ def _check_data(jobs, force):
                              f"{key[1] or get_settings().data_root}: run `ltpaper fetch {key[0]}` first "
                              "(data/README.md says where its files go)") from None
 
-def _dry_run(jobs, gpus, force) -> int:
-    from ltpaper.pipeline.runs import job_state
+def _dry_run(jobs, gpus, force, refresh_numerics=False) -> int:
+    "What `reproduce` would do with each run: skip or run, its state (and why a done one runs again), its GPU."
+    from ltpaper.pipeline.reproduce import plan_state
     for i, j in enumerate(jobs):
-        st, _ = job_state(j)
+        st, detail, again = plan_state(j, force, refresh_numerics)
         where = f" gpu{gpus[i % len(gpus)]}" if gpus else ''
-        print(f"{'skip' if st == 'done' and not force else 'run':4} {j.table}/{j.row} seed{j.seed}{where} [{st}] {j.config_hash}")
+        why = f": {detail}" if again and detail == 'not pinned' else ''
+        print(f"{'skip' if st == 'done' and not again else 'run':4} {j.table}/{j.row} seed{j.seed}{where} [{st}{why}] {j.config_hash}")
     return 0
 
 def _print_outputs(res: dict):
@@ -257,7 +259,7 @@ def cli_reproduce(argv=None) -> int:
     except (ValueError, FileNotFoundError, ImportError) as e:
         return cli_error('reproduce', e)
     if ns.dry_run:
-        return _dry_run(r['jobs'], gpus, ns.force)
+        return _dry_run(r['jobs'], gpus, ns.force, ns.refresh_numerics)
     from ltpaper.pipeline.reproduce import reproduce
     try:
         res = reproduce(ns.table, r['profile'], ns.rows, r['seeds'], device, gpus, ns.launcher, ns.force, ns.results_root,
