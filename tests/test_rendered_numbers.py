@@ -1,4 +1,5 @@
-"""Every number shown in README.md and on the documentation pages (docs/*.md) comes from the committed results.
+"""Every number shown in README.md and on the documentation pages (docs/*.md) comes from the committed results, and
+no notebook's prose types a result (a mean ± std or a percentage with decimals) that no committed table holds.
 
 tools/render_docs.py rewrites the blocks between `<!-- begin:KIND ARGS -->` and `<!-- end:KIND ARGS -->` from
 committed files. Here every block is re-rendered in memory and must equal what the page holds (a stale block fails),
@@ -63,6 +64,36 @@ def test_every_rendered_block_is_fresh(page):
 def test_every_shown_figure_is_in_a_committed_table(page):
     bad = unbacked(page.read_text(), committed_text())
     assert not bad, f'{page.name}: figures in no committed table (render them from results): {bad}'
+
+
+NOTEBOOKS = sorted(ROOT.glob('nbs/**/*.ipynb'))
+DECIMAL_PCT = re.compile(r'(?<![\w.])\d+\.\d+ ?%')
+
+
+def notebook_prose(nb) -> str:
+    "The markdown cells of a notebook, one string (code cells and their outputs compute what they show)."
+    import json
+    return '\n\n'.join(''.join(c['source']) for c in json.loads(nb.read_text())['cells'] if c['cell_type'] == 'markdown')
+
+
+def result_figures(text: str) -> list:
+    "The figures of a notebook's prose that only a measurement gives: mean ± std and percentages with decimals\n    (whole percentages there are a method's parameters, e.g. '90 % easy samples', or a test's threshold)."
+    return [f for f in figures(text) if PM.fullmatch(f) or DECIMAL_PCT.fullmatch(f)]
+
+
+@pytest.mark.parametrize('nb', NOTEBOOKS, ids=[p.relative_to(ROOT).as_posix() for p in NOTEBOOKS])
+def test_no_notebook_types_a_result(nb):
+    "A result a notebook's prose states is in a committed table, or the notebook computes it in a cell."
+    committed = committed_text()
+    bad = [f for f in result_figures(notebook_prose(nb)) if f in unbacked(f, committed)]
+    assert not bad, f'{nb.name}: figures in no committed table (compute them in a cell from tables/ or results/): {bad}'
+
+
+def test_a_typed_result_in_a_notebook_is_caught():
+    committed = committed_text()
+    prose = notebook_prose(ROOT/'nbs'/'method.ipynb')
+    assert result_figures(prose + '\nR scored 83.17 ± 0.94 and 81.6 % there, with 90 % easy samples.\n') == ['83.17 ± 0.94', '81.6 %']
+    assert [f for f in result_figures('R scored 83.17 ± 0.94.') if f in unbacked(f, committed)] == ['83.17 ± 0.94']
 
 
 def _plant(text: str, start: int) -> str:
