@@ -557,6 +557,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                      'ltpaper/pipeline/budget.py'),
                                          'ltpaper.pipeline.budget.budget_table': ( 'pipeline/budget.html#budget_table',
                                                                                    'ltpaper/pipeline/budget.py'),
+                                         'ltpaper.pipeline.budget.device_note': ( 'pipeline/budget.html#device_note',
+                                                                                  'ltpaper/pipeline/budget.py'),
                                          'ltpaper.pipeline.budget.paired_differences': ( 'pipeline/budget.html#paired_differences',
                                                                                          'ltpaper/pipeline/budget.py'),
                                          'ltpaper.pipeline.budget.plot_budget': ( 'pipeline/budget.html#plot_budget',

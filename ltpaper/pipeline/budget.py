@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['BUDGET_PROFILES', 'CLAIMS', 'READINGS', 'budget_summary', 'budget_table', 'plot_budget', 'paired_differences',
-           'verdict_table', 'reading_claims', 'write_budget']
+           'verdict_table', 'reading_claims', 'device_note', 'write_budget']
 
 # %% ../../nbs/pipeline/08_budget.ipynb #4c8c6c50
 import math
@@ -30,7 +30,8 @@ def _run_stats(metrics) -> dict:
     last = metrics['history'][-1] if metrics['history'] else {}
     return dict(top1=metrics['last']['top1'], rare=((metrics['last'].get('groups') or {}).get('quartile') or {}).get('Rare'),
                 val=(metrics.get('val') or {}).get('last_top1'), train_top1=last.get('train_top1'),
-                train_loss=last.get('train_loss'), epochs=metrics['config']['epochs'], model=metrics['config']['model'])
+                train_loss=last.get('train_loss'), epochs=metrics['config']['epochs'], model=metrics['config']['model'],
+                gpu=str(metrics['config'].get('device') or 'cpu').startswith('cuda'))
 
 def budget_summary(table='fmnist_lt', profiles=BUDGET_PROFILES, results_roots=None, methods=None,
                    imbalance_factors=None) -> 'pd.DataFrame':
@@ -48,7 +49,7 @@ def budget_summary(table='fmnist_lt', profiles=BUDGET_PROFILES, results_roots=No
                        method=r.method, label=r.label)
             for k in ('top1', 'rare', 'val', 'train_top1', 'train_loss'):    # runs made before a statistic existed lack it
                 rec[k], rec[f'{k}_std'], rec[f'{k}_n'] = _mean_std([s[k] for s in runs])
-            rec['n'] = len(runs)
+            rec['n'], rec['gpu_runs'] = len(runs), sum(x['gpu'] for x in runs)
             out.append(rec)
     df = pd.DataFrame(out)
     if not len(df): return df
@@ -160,6 +161,19 @@ def reading_claims(readings=READINGS, ifs=(100, 500)) -> tuple:
     return tuple(out)
 
 # %% ../../nbs/pipeline/08_budget.ipynb #8932e968
+def device_note(s) -> str:
+    "One sentence: per budget with runs, how many of them ran on a GPU and how many on the CPU (from the records)."
+    order = {p: i for i, p in enumerate(BUDGET_PROFILES)}
+    parts = []
+    for p in sorted(set(s.profile), key=lambda p: order.get(p, len(order))):
+        g = s[s.profile == p]
+        n, gpu = int(g.n.sum()), int(g.gpu_runs.sum())
+        if not n: continue
+        where = [f"{gpu} on a GPU" if gpu else '', f"{n - gpu} on the CPU" if n - gpu else '']
+        parts.append(f"`{p}` {' and '.join(w for w in where if w)}")
+    return ("Runs: " + '; '.join(parts) + '.') if parts else 'No runs.'
+
+# %% ../../nbs/pipeline/08_budget.ipynb #8d2fd393
 def write_budget(table='fmnist_lt', profiles=BUDGET_PROFILES, results_roots=None, methods=None, tables_root=None,
                  figures_root=None, stem=None, imbalance_factors=None, readings=None) -> dict:
     "Render `<table>_budget.md|csv`, `<table>_budget.png|pdf` (and with `readings`, `<table>_readings.md|csv`) from every budget."
@@ -172,7 +186,7 @@ def write_budget(table='fmnist_lt', profiles=BUDGET_PROFILES, results_roots=None
     troot = roots['tables']
     troot.mkdir(parents=True, exist_ok=True)
     notes = ["mean ± std over seeds (n=1: one seed); — = not measured (never filled in).",
-             "Budgets: each profile of configs/fmnist_lt.yaml; `paper` ran on a GPU.",
+             f"Budgets: each profile of configs/fmnist_lt.yaml. {device_note(s)}",
              "Rarest quartile: the 25 % of classes with the fewest training images.",
              "Training top-1: on the augmented batches of the last epoch; records made before it was recorded show —."]
     md = '\n\n'.join(to_markdown(budget_table(s, k), f"{DATASET_NAMES.get(table.split('_')[0] + '_lt', table)}: {name} "
@@ -186,7 +200,7 @@ def write_budget(table='fmnist_lt', profiles=BUDGET_PROFILES, results_roots=None
     paths = [troot/f'{stem}.md', troot/f'{stem}.csv']
     atomic_write(paths[0], md)
     atomic_write(paths[1], s.to_csv(index=False, float_format='%.4f'))
-    fig = plot_budget(s, f"{table}: test accuracy by training budget (200 epochs: ResNet-32 on a GPU; the rest small_resnet)")
+    fig = plot_budget(s, f"{table}: test accuracy by training budget (200 epochs: ResNet-32; the rest small_resnet)")
     paths += save_figure(fig, roots['figures'], stem)
     plt.close(fig)
     if readings:
