@@ -3,9 +3,11 @@
     python benchmarks/fused_margin_ce.py [--classes 1000,8142] [--batch 512] [--repeats 200] [--out FILE]
 
 `ours` computes z' = z + M (margins), then F.cross_entropy(z', y, reduction='none'); autograd runs the backward as
-nll_loss_backward (a zero-filled (B, C) buffer and a scatter) followed by log_softmax_backward. The prototype here,
-`FusedMarginCE`, saves log_softmax(z') and writes the gradient in one pass, exp(log p) * c_i with c_i the sample's
-weight over B, less c_i at the target. It is a prototype for this measurement only: the package does not use it.
+nll_loss_backward (a zero-filled (B, C) buffer and a scatter) followed by log_softmax_backward (one fused pass). The
+prototype here, `FusedMarginCE`, saves log_softmax(z') and writes the gradient as exp(log p) * c_i (c_i: the sample's
+weight over B; an exp pass and an in-place scale) less c_i at the target (a scatter): the best eager PyTorch gives
+without a kernel of its own, which a truly one-pass version would need. It is a prototype for this measurement
+only: the package does not use it.
 
 For each C it prints, in interleaved triples (F.cross_entropy, `ours`, `ours` with the fused cross-entropy; the order
 rotates; this thread's CPU time), the median ratios (with quartiles) to F.cross_entropy and of the fused to the unfused, triple by triple, and
@@ -48,6 +50,7 @@ def ours_fused(loss, logits, target):
     z, y = loss.check_inputs(logits, target)
     z_adj = margin_logits(z, y, loss.log_s().to(z.dtype), loss.gamma)
     ce = FusedMarginCE.apply(z_adj, y)
+    loss.keeps_stats_for(ce)                       # the same finiteness check as `ours`' forward (all finite here)
     stats = loss.intra_stats(z, z_adj, y, None, ce.detach())
     return (stats.weights.to(ce.dtype) * ce).mean()
 

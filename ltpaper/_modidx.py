@@ -549,6 +549,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                          'ltpaper.pipeline.budget._cell': ('pipeline/budget.html#_cell', 'ltpaper/pipeline/budget.py'),
                                          'ltpaper.pipeline.budget._mean_std': ( 'pipeline/budget.html#_mean_std',
                                                                                 'ltpaper/pipeline/budget.py'),
+                                         'ltpaper.pipeline.budget._on_gpu': ('pipeline/budget.html#_on_gpu', 'ltpaper/pipeline/budget.py'),
                                          'ltpaper.pipeline.budget._reading': ( 'pipeline/budget.html#_reading',
                                                                                'ltpaper/pipeline/budget.py'),
                                          'ltpaper.pipeline.budget._run_stats': ( 'pipeline/budget.html#_run_stats',

@@ -83,7 +83,7 @@ def result_figures(text: str) -> list:
 
 @pytest.mark.parametrize('nb', NOTEBOOKS, ids=[p.relative_to(ROOT).as_posix() for p in NOTEBOOKS])
 def test_no_notebook_types_a_result(nb):
-    "A result a notebook's prose states is in a committed table, or the notebook computes it in a cell."
+    "A result a notebook's prose states is in a committed table, or the notebook computes it in a cell.\n    Limits: it sees mean ± std figures and percentages with decimals only (a bare decimal such as a weight of\n    0.045 passes), and a figure that stands anywhere in a committed table passes even beside another result."
     committed = committed_text()
     bad = [f for f in result_figures(notebook_prose(nb)) if f in unbacked(f, committed)]
     assert not bad, f'{nb.name}: figures in no committed table (compute them in a cell from tables/ or results/): {bad}'

@@ -31,7 +31,12 @@ def _run_stats(metrics) -> dict:
     return dict(top1=metrics['last']['top1'], rare=((metrics['last'].get('groups') or {}).get('quartile') or {}).get('Rare'),
                 val=(metrics.get('val') or {}).get('last_top1'), train_top1=last.get('train_top1'),
                 train_loss=last.get('train_loss'), epochs=metrics['config']['epochs'], model=metrics['config']['model'],
-                gpu=str(metrics['config'].get('device') or 'cpu').startswith('cuda'))
+                gpu=_on_gpu(metrics))
+
+def _on_gpu(metrics) -> bool:
+    "Whether a run ran on a GPU: the device its provenance names (config.device may say 'auto'), else its config's."
+    dev = (metrics.get('provenance') or {}).get('device') or metrics['config'].get('device') or 'cpu'
+    return str(dev) not in ('cpu', 'auto')
 
 def budget_summary(table='fmnist_lt', profiles=BUDGET_PROFILES, results_roots=None, methods=None,
                    imbalance_factors=None) -> 'pd.DataFrame':
